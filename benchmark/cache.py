@@ -1,0 +1,107 @@
+"""Content-addressed cache of backdoored models (attack artifacts).
+
+    <cache>/<artifact_key>/model.safetensors   weights (safetensors: no pickle, nothing executes on load)
+    <cache>/<artifact_key>/manifest.json       spec, poisoned-index hash, versions, weights sha256,
+                                               before-defense metrics, training time
+
+An artifact directory appears atomically (built in a temp dir, then renamed), so a killed run leaves either a
+complete artifact or none.  Loading re-hashes the weights: an artifact whose file does not match its manifest
+is rebuilt, never trusted.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from benchmark._io import atomic_write_json, sha256_file
+from benchmark.errors import FipbenchError
+
+MANIFEST_VERSION = 1
+
+
+class ArtifactCache:
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def dir(self, key: str) -> Path:
+        return self.root / key
+
+    def load(self, key: str, model: nn.Module) -> dict[str, Any] | None:
+        """Fill `model` with the cached weights and return the manifest, or None if absent or corrupt."""
+        import json
+
+        d = self.dir(key)
+        try:
+            manifest = json.loads((d / "manifest.json").read_text())
+        except (OSError, ValueError):
+            return None
+        weights = d / "model.safetensors"
+        if manifest.get("manifest_version") != MANIFEST_VERSION or not weights.is_file() \
+                or sha256_file(weights) != manifest.get("weights_sha256"):
+            print(f"warning: artifact {d} is incomplete or corrupt; rebuilding it", file=sys.stderr)
+            shutil.rmtree(d, ignore_errors=True)
+            return None
+        load_weights(model, weights)
+        return manifest
+
+    def save(self, key: str, model: nn.Module, manifest: dict[str, Any]) -> dict[str, Any]:
+        from safetensors.torch import save_model
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        try:
+            save_model(model, str(tmp / "model.safetensors"))
+            manifest = {**manifest, "manifest_version": MANIFEST_VERSION,
+                        "weights_sha256": sha256_file(tmp / "model.safetensors")}
+            atomic_write_json(tmp / "manifest.json", manifest)
+            final = self.dir(key)
+            if final.exists():  # a stale or corrupt copy: replace it
+                shutil.rmtree(final)
+            tmp.rename(final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return manifest
+
+
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load a checkpoint into `model` safely: safetensors, or a weights-only torch file; never a pickle.
+
+    A file whose tensors do not match the model's names and shapes is refused with a one-line error.
+    """
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except Exception as err:  # safetensors raises its own error types for a malformed header
+            raise FipbenchError(f"{path}: not a valid safetensors file ({err}); rebuild or re-export it") from None
+    else:
+        import pickle
+
+        import torch
+
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise FipbenchError(f"{path}: refusing to unpickle a checkpoint that holds more than weights; "
+                                f"re-save it as a state_dict or convert it to safetensors") from None
+        if isinstance(state, dict) and "state_dict" in state:
+            state = state["state_dict"]
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"shape mismatch at {shapes[:3]}")
+        raise FipbenchError(f"{path}: checkpoint does not fit model {type(model).__name__} ({detail}); "
+                            f"check the model name and dataset it was trained for")
+    model.load_state_dict(state, strict=True)

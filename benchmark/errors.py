@@ -1,0 +1,26 @@
+"""User-facing errors: one line naming the problem and the fix.
+
+Everything a user can get wrong (a name, a key, a file) raises `FipbenchError`; the CLI prints its message on
+one line and exits with status 2, without a traceback.  Programming errors stay ordinary exceptions.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FipbenchError(Exception):
+    """A problem with the user's input; `str(err)` is a single line that says how to fix it."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(message.split()))  # force one line
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str], where: str = "") -> FipbenchError:
+    """`unknown attack 'badnet' (did you mean 'badnets'?); known: badnets, blend`."""
+    known = sorted(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+    loc = f" in {where}" if where else ""
+    return FipbenchError(f"unknown {kind} {name!r}{loc}{hint}; known: {', '.join(known) or '(none)'}")

@@ -1,0 +1,189 @@
+"""The cell runner: splits -> attack artifact (cached) -> defense -> metrics -> record.
+
+Cells whose record exists are skipped (unless `force`), so an interrupted run resumes where it stopped; an
+attack artifact is shared by every defense of the same (task, dataset, model, attack, seed, train config).
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark._schema import SCHEMA_VERSION, Record
+from benchmark.cache import ArtifactCache
+from benchmark.config import stable_hash
+from benchmark.registries import ATTACKS, DEFENSES, TASKS
+from benchmark.rng import generator
+from benchmark.spec import RunSpec
+from benchmark.store import ResultStore
+from tasks.base import FitConfig, Task
+
+
+class Runner:
+    def __init__(self, results: Path, cache: Path, *, data_root: Path | None = None, device: str = "cpu",
+                 force: bool = False, log: Callable[[str], None] = print):
+        self.store = ResultStore(results)
+        self.cache = ArtifactCache(cache)
+        self.data_root, self.device, self.force, self.log = data_root, device, force, log
+        self._tasks: dict[str, Task] = {}
+
+    # -- public -------------------------------------------------------------------------------------------
+    def run(self, cells: Iterable[RunSpec]) -> list[Record]:
+        cells = list(cells)
+        done: list[Record] = []
+        for i, spec in enumerate(cells, 1):
+            cid = spec.cell_id()
+            existing = None if self.force else self.store.get(cid)
+            if existing is not None:
+                self.log(f"[{i}/{len(cells)}] cached  {spec.describe()}")
+                done.append(existing)
+                continue
+            self.log(f"[{i}/{len(cells)}] running {spec.describe()}")
+            record = self.run_cell(spec)
+            self.store.put(record)
+            done.append(record)
+            m = record["metrics"]
+            if m is not None:
+                self.log(f"          {m['metric_name']}={m['clean']:.4f} asr={_fmt(m['asr'])} ra={_fmt(m['ra'])} "
+                         f"({record['timings']['defense_seconds']:.1f}s defense)")  # type: ignore[index]
+            else:
+                self.log(f"          skipped: {record['reason']}")
+        return done
+
+    def run_cell(self, spec: RunSpec) -> Record:
+        resolved = spec.resolved()
+        task = self.task(spec)
+        splits = task.splits()
+        attack_cls = ATTACKS.get(spec.attack.name)
+        attack = attack_cls(attack_cls.Config.from_dict(spec.attack.config), seed=spec.seed)
+        attack.check_task(task)
+        model, manifest = self.artifact(spec, task, attack)
+
+        defense_cls = DEFENSES.get(spec.defense.name)
+        defense = defense_cls(defense_cls.Config.from_dict(spec.defense.config))
+        base = self._base_record(spec, resolved, manifest)
+        reason = defense.unsupported_reason(task)
+        if reason:
+            return {**base, "status": "skipped", "reason": reason, "metrics": None, "timings": None,
+                    "defense_report": {}}
+
+        model = copy.deepcopy(model)
+        if torch.cuda.is_available() and task.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        # The defense sees the clean holdout only: never the poisoned training split or the test split.
+        model = defense.purify(model, splits.holdout, task, rng=generator(spec.seed, "defense", spec.defense.name))
+        seconds = time.perf_counter() - start
+        cuda_peak = (torch.cuda.max_memory_allocated() / 2**20
+                     if torch.cuda.is_available() and task.device.type == "cuda" else None)
+        after = self.evaluate(task, attack, model)
+        before = manifest["metrics_before"]
+        metrics = {"metric_name": task.metric_name, "clean": after[task.metric_name],
+                   "clean_before": before[task.metric_name], "asr": after.get("asr"),
+                   "asr_before": before.get("asr"), "ra": after.get("ra"), "ra_before": before.get("ra"),
+                   "der": der(before, after, task.metric_name),
+                   "extra": {k: v for k, v in after.items() if k not in (task.metric_name, "asr", "ra")}}
+        timings = {"defense_seconds": seconds, "attack_train_seconds": manifest["train_seconds"],
+                   "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                   "cuda_peak_mb": cuda_peak}
+        return {**base, "status": "ok", "reason": None, "metrics": metrics,  # type: ignore[typeddict-item]
+                "timings": timings, "defense_report": defense.report}
+
+    # -- pieces -------------------------------------------------------------------------------------------
+    def task(self, spec: RunSpec) -> Task:
+        key = stable_hash([spec.task, spec.dataset, dict(spec.task_config)])
+        if key not in self._tasks:
+            task_cls = TASKS.get(spec.task)
+            self._tasks[key] = task_cls(spec.dataset, task_cls.Config.from_dict(spec.task_config, "task_config"),
+                                        data_root=self.data_root, device=self.device)
+        return self._tasks[key]
+
+    def evaluate(self, task: Task, attack: Any, model: torch.nn.Module) -> dict[str, float]:
+        out = dict(task.metrics(model, task.splits().test))
+        triggered, clean = attack.triggered_test(task, task.splits().test)
+        if len(clean):
+            out.update(task.backdoor_metrics(model, triggered, clean))
+        return out
+
+    def artifact(self, spec: RunSpec, task: Task, attack: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The backdoored model for this spec: from the cache, or trained now and cached."""
+        key = spec.artifact_key()
+        model = task.build_model(spec.model, generator(spec.seed, "init", spec.model))
+        manifest = self.cache.load(key, model)
+        if manifest is not None:
+            return model.to(task.device).eval(), manifest
+        self.log(f"          training backdoored model {spec.model} / {spec.attack.label} (artifact {key})")
+        poisoned = attack.poison(task, task.splits().train)
+        hooks = attack.train_hooks(task)
+        fit = task.fit(model, poisoned, FitConfig.from_dict(spec.train, "train"), hooks=hooks,
+                       generator=generator(spec.seed, "train", key), desc=f"train {spec.attack.label}")
+        manifest = {"artifact_key": key, "spec": spec.resolved(), "model": spec.model,
+                    "poisoned_index_hash": poisoned.index_hash(), "n_poisoned": len(poisoned.indices),
+                    "n_train": len(poisoned), "train_seconds": fit.seconds, "train_steps": fit.steps,
+                    "metrics_before": self.evaluate(task, attack, model), "environment": environment(task.device)}
+        manifest = self.cache.save(key, model, manifest)
+        return model.eval(), manifest
+
+    def _base_record(self, spec: RunSpec, resolved: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+        task_cls = TASKS.get(spec.task)
+        return {
+            "schema_version": SCHEMA_VERSION, "cell_id": spec.cell_id(), "artifact_key": manifest["artifact_key"],
+            "spec": {"task": spec.task, "dataset": spec.dataset, "model": spec.model, "attack": spec.attack.name,
+                     "attack_label": spec.attack.label, "defense": spec.defense.name,
+                     "defense_label": spec.defense.label, "seed": spec.seed},
+            "config": {k: resolved[k] for k in ("task", "train", "attack", "defense")},
+            "config_hash": stable_hash(resolved),
+            "versions": {"fipbench": _version(), "task": task_cls.version, "attack": resolved["attack"]["version"],
+                         "defense": resolved["defense"]["version"], "schema": SCHEMA_VERSION},
+            "environment": environment(self.device),
+            "poisoned_index_hash": manifest["poisoned_index_hash"],
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def der(before: dict[str, float], after: dict[str, float], metric: str) -> float | None:
+    """BackdoorBench's defense effectiveness rating: (max(0, ΔASR) − max(0, Δclean) + 1) / 2, in [0, 1],
+    where Δ = before − after.  None without an attack."""
+    if before.get("asr") is None or after.get("asr") is None:
+        return None
+    d_asr = before["asr"] - after["asr"]
+    d_clean = before[metric] - after[metric]
+    return (max(0.0, d_asr) - max(0.0, d_clean) + 1) / 2
+
+
+def environment(device: Any) -> dict[str, Any]:
+    return {"torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
+            "device": str(device), "git_commit": _git_commit()}
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fipbench")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+

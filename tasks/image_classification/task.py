@@ -1,0 +1,107 @@
+"""Image classification: top-1 accuracy, cross-entropy, all-to-one / all-to-all backdoor labels."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmark.errors import FipbenchError
+from benchmark.registries import DATASETS, MODELS, TASKS
+from benchmark.rng import generator
+from tasks.base import Batch, Sample, Splits, Task, TaskConfig
+from tasks.image_classification.data import ImageData, as_samples, stratified_split
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageClassificationConfig(TaskConfig):
+    pass
+
+
+@TASKS.register("image_classification")
+class ImageClassificationTask(Task):
+    modality = "image"
+    version = 1
+    Config = ImageClassificationConfig
+    metric_name = "acc"
+
+    @functools.cached_property
+    def data(self) -> ImageData:
+        loader = DATASETS.get(self.dataset, where="task image_classification")
+        return loader(self.data_root, split_seed=self.cfg.split_seed)
+
+    @property
+    def num_classes(self) -> int:
+        return self.data.num_classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image; triggers are built for it."""
+        return self.data.shape
+
+    @functools.cache
+    def splits(self) -> Splits:
+        d = self.data
+        # The holdout is carved out of the training pool (stratified, fixed by split_seed) and never poisoned.
+        train_idx, hold_idx = stratified_split(d.y_train, self.cfg.holdout_fraction,
+                                               generator(self.cfg.split_seed, self.dataset, "holdout"))
+        return Splits(train=as_samples(d.x_train[train_idx], d.y_train[train_idx]),
+                      test=as_samples(d.x_test, d.y_test),
+                      holdout=as_samples(d.x_train[hold_idx], d.y_train[hold_idx]))
+
+    def build_model(self, arch: str, generator: torch.Generator | None = None) -> nn.Module:
+        builder = MODELS.get(arch, where="task image_classification")
+        d = self.data
+        # Layer constructors draw from torch's global RNG; fork it so initialisation is seeded without
+        # leaving the global state changed.
+        with torch.random.fork_rng(devices=[]):
+            if generator is not None:
+                torch.manual_seed(generator.initial_seed())
+            model = builder(in_channels=d.shape[0], num_classes=d.num_classes, mean=d.mean, std=d.std)
+        return model.to(self.device)
+
+    def collate(self, samples: Sequence[Sample]) -> Batch:
+        return {"x": torch.stack([s.x for s in samples]),  # [B,C,H,W]
+                "y": torch.tensor([s.y for s in samples], dtype=torch.int64),  # [B]
+                "index": torch.tensor([s.index for s in samples])}
+
+    def loss(self, model: nn.Module, batch: Batch, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
+        return F.cross_entropy(model(batch["x"]), batch["y"], reduction=reduction)
+
+    def sample_model_labels(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Batch:
+        with torch.no_grad():
+            probs = model(batch["x"]).softmax(dim=1).cpu()  # [B,K]
+        y = torch.multinomial(probs, 1, generator=generator).flatten().to(batch["y"].device)
+        return {**batch, "y": y}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, data: Sequence[Sample], batch_size: int = 512) -> torch.Tensor:
+        model.eval()
+        preds = []
+        for start in range(0, len(data), batch_size):
+            batch = self.to_device(self.collate([data[i] for i in range(start, min(len(data), start + batch_size))]))
+            preds.append(model(batch["x"]).argmax(dim=1).cpu())
+        return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
+
+    def metrics(self, model: nn.Module, data: Sequence[Sample]) -> dict[str, float]:
+        y = torch.tensor([data[i].y for i in range(len(data))])
+        return {"acc": float((self.predict(model, data) == y).float().mean())}
+
+    def backdoor_metrics(self, model: nn.Module, triggered: Sequence[Sample],
+                         clean: Sequence[Sample]) -> dict[str, float]:
+        pred = self.predict(model, triggered)
+        target = torch.tensor([triggered[i].y for i in range(len(triggered))])
+        true = torch.tensor([clean[i].y for i in range(len(clean))])
+        return {"asr": float((pred == target).float().mean()), "ra": float((pred == true).float().mean())}
+
+    def backdoor_label(self, y: int, mode: str, target: int) -> int:
+        if mode == "all2one":
+            return target
+        if mode == "all2all":
+            return (y + 1) % self.num_classes
+        raise FipbenchError(f"image_classification has no label mode {mode!r}; use 'all2one' or 'all2all'")
