@@ -134,6 +134,11 @@ class Task(abc.ABC):
     def collate(self, samples: Sequence[Sample]) -> Batch:
         """Stack samples into a CPU batch; `to_device` moves it."""
 
+    def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Training-time data augmentation, applied by `fit` to every batch (attack training and defenses
+        alike); identity unless the task defines its standard recipe."""
+        return batch
+
     def to_device(self, batch: Batch) -> Batch:
         return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
@@ -192,7 +197,7 @@ class Task(abc.ABC):
         with progress_bar(desc, total, enabled=True) as advance:
             while step < total:
                 for batch in loader:
-                    batch = self.to_device(batch)
+                    batch = self.to_device(self.augment(batch, generator))
                     for h in hooks:
                         batch = h.on_batch(batch, step)
                     loss = self.loss(model, batch)

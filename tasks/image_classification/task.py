@@ -20,7 +20,17 @@ from tasks.image_classification.data import ImageData, as_samples, stratified_sp
 
 @dataclasses.dataclass(frozen=True)
 class ImageClassificationConfig(TaskConfig):
-    pass
+    # The standard training augmentation (random crop after zero padding, optional horizontal flip), used by
+    # every training run: backdoor training and every tuning defense (the FIP authors' code and
+    # BackdoorBench both fine-tune with it).  CIFAR recipe: pad 4 at 32 px, flip on; digits: pad 2, no flip.
+    augment: bool = True
+    pad: int = 2
+    hflip: bool = False
+
+    def check(self) -> None:
+        super().check()
+        if self.pad < 0:
+            raise self.bad("pad", "must be >= 0")
 
 
 @TASKS.register("image_classification")
@@ -69,6 +79,22 @@ class ImageClassificationTask(Task):
         return {"x": torch.stack([s.x for s in samples]),  # [B,C,H,W]
                 "y": torch.tensor([s.y for s in samples], dtype=torch.int64),  # [B]
                 "index": torch.tensor([s.index for s in samples])}
+
+    def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
+        cfg: ImageClassificationConfig = self.cfg  # type: ignore[assignment]
+        if not cfg.augment or (cfg.pad == 0 and not cfg.hflip):
+            return batch
+        x = batch["x"]  # [B,C,H,W]
+        b, _, h, w = x.shape
+        p = cfg.pad
+        padded = F.pad(x, (p, p, p, p))  # zero padding, [B,C,H+2p,W+2p]
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=generator).tolist()
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=generator).tolist()
+        out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+        if cfg.hflip:
+            flip = torch.rand(b, generator=generator) < 0.5
+            out[flip] = out[flip].flip(-1)
+        return {**batch, "x": out}
 
     def loss(self, model: nn.Module, batch: Batch, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
         return F.cross_entropy(model(batch["x"]), batch["y"], reduction=reduction)
