@@ -18,7 +18,13 @@ back into plain layers.
 Deviations from the authors' released code, on purpose: the released trace term is a zero-mean random linear
 term in the gradient and its retention term is commented out, and its checkpoints are picked with test-set
 metrics.  fipbench implements the objective as the paper states it and selects nothing on test data (the last
-iterate is returned).  Hyper-parameters: see `FIPConfig`.
+iterate is returned).
+
+Hyper-parameters follow the authors' released CIFAR-10 script where it states them (SGD lr 0.005, momentum
+0.95, trace term every 5 steps, η_F = 0.5, training augmentation on the holdout).  Their retention weight (5)
+multiplies a raw squared-gradient Fisher whose scale depends on the model; fipbench divides F̄ by its largest
+entry so that η_r is scale-free and SGD stays stable (with F̄ divided by its mean instead, SGD diverged at
+lr 0.01 on the small CNN), and uses η_r = 1.  Budget: 300 steps of 64 (the authors: 2,000 steps of 128).
 """
 
 from __future__ import annotations
@@ -39,9 +45,9 @@ from tasks.base import Batch, FitConfig, Hook, Sample, Task
 
 @dataclasses.dataclass(frozen=True)
 class FIPConfig(TuningConfig):
-    eta_f: float = 0.1  # weight of the Fisher-trace (smoothness) term
-    eta_r: float = 1.0  # weight of the Fisher-weighted retention term
-    trace_every: int = 1  # compute T every k-th step (it costs a double backward)
+    eta_f: float = 0.5  # weight of the Fisher-trace (smoothness) term (authors' code: reg_F = 0.5)
+    eta_r: float = 1.0  # weight of the Fisher-weighted retention term (F̄ normalised, see below)
+    trace_every: int = 5  # compute T every k-th step (authors' code: iter_gap = 5); it costs a double backward
     sample_labels: bool = True  # true Fisher (labels from the model) where the task supports it
     normalize_fisher: bool = True  # divide F̄ by its largest entry: η_r is then scale-free and SGD stays stable
 
@@ -109,7 +115,9 @@ class FIP(Defense):
 
 @dataclasses.dataclass(frozen=True)
 class FastFIPConfig(FIPConfig):
-    fit: FitConfig = FitConfig(epochs=1, steps=300, batch_size=64, lr=0.05, weight_decay=0.0)
+    # Singular values are O(1-10) and their gradients small: plain SGD at FIP's lr barely moves δ, so the
+    # shifts use Adam (a fipbench choice; the paper does not state Fast FIP's optimiser).
+    fit: FitConfig = FitConfig(epochs=1, steps=300, batch_size=64, lr=0.01, optimizer="adam", weight_decay=0.0)
 
 
 @DEFENSES.register("fast_fip")
