@@ -29,12 +29,17 @@ def frame(records: list[Record]):
             continue
         s = r["spec"]
         row = {"task": s["task"], "dataset": s["dataset"], "model": s["model"], "attack": s["attack_label"],
-               "defense": s["defense_label"], "seed": s["seed"], "metric": r["metrics"]["metric_name"]}
+               "defense": s["defense_label"], "seed": s["seed"], "metric": r["metrics"]["metric_name"],
+               "created": r["created"]}
         for col, (get, scale) in VALUES.items():
             v = get(r)
             row[col] = None if v is None else v * scale
         rows.append(row)
-    return pd.DataFrame(rows, columns=KEYS + ["seed", "metric", *VALUES])
+    df = pd.DataFrame(rows, columns=KEYS + ["seed", "metric", "created", *VALUES])
+    # A cell re-run under a changed config leaves an older record with the same labels and seed: keep only the
+    # newest, so that it is not averaged in as if it were another seed.
+    df = df.sort_values("created").drop_duplicates(KEYS + ["seed"], keep="last")
+    return df.drop(columns="created")
 
 
 def aggregate(records: list[Record]):
@@ -47,7 +52,7 @@ def aggregate(records: list[Record]):
     g = df.groupby(KEYS + ["metric"], sort=False, dropna=False)
     out = g[list(VALUES)].mean().add_suffix("_mean").join(g[list(VALUES)].std(ddof=0).add_suffix("_std"))
     out["n"] = g.size()
-    return out.reset_index()
+    return out.reset_index().sort_values(KEYS, kind="stable", ignore_index=True)
 
 
 def _pm(mean: float, std: float, digits: int) -> str:

@@ -55,8 +55,9 @@ def count_tuned(params: Sequence[torch.Tensor]) -> int:
 class TuningConfig(DefenseConfig):
     """Shared by every defense that fine-tunes on the holdout: the same `fit` budget makes them comparable.
 
-    Default budget: the FIP authors' optimiser (SGD, lr 0.005, momentum 0.95) for 300 steps of 64 samples; their
-    CIFAR-10 run takes 2,000 steps of 128 from a 500-image holdout.
+    Default budget: the FIP authors' optimiser (SGD, lr 0.005, momentum 0.95, no weight decay, constant lr) for
+    300 steps of 64 samples; their CIFAR-10 run takes 2,000 steps of 128 from a 500-image holdout.
     """
 
-    fit: FitConfig = FitConfig(epochs=1, steps=300, batch_size=64, lr=0.005, momentum=0.95, weight_decay=5e-4)
+    fit: FitConfig = FitConfig(epochs=1, steps=300, batch_size=64, lr=0.005, momentum=0.95, weight_decay=0.0,
+                               schedule="constant")
