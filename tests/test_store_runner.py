@@ -1,0 +1,230 @@
+"""Result records, the artifact cache and resume: schema round-trip, corrupt files, safe checkpoint loading,
+and a run killed with SIGKILL that finishes on the next invocation without recomputing finished cells."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from benchmark._schema import SCHEMA_VERSION, check_record
+from benchmark.cache import ArtifactCache, load_weights
+from benchmark.cli import main
+from benchmark.errors import FipbenchError
+from benchmark.store import ResultStore
+
+TINY = """
+name: tiny
+seeds: [0]
+groups:
+  - task: image_classification
+    dataset: digits
+    model: small_cnn
+    task_config: {holdout_fraction: 0.05}
+    train: {epochs: 1, batch_size: 64, lr: 0.05}
+    attacks: [badnets]
+    defenses: [none, {name: finetune, config: {fit: {steps: 2}}}]
+"""
+
+# Four cells, two artifacts; the finetune cells take long enough (a few seconds) for a kill to land mid-run.
+KILLABLE = """
+name: killable
+seeds: [0]
+groups:
+  - task: image_classification
+    dataset: digits
+    model: small_cnn
+    task_config: {holdout_fraction: 0.05}
+    train: {epochs: 1, batch_size: 64, lr: 0.05}
+    attacks: [badnets, blend]
+    defenses: [none, {name: finetune, config: {fit: {steps: 60}}}]
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """(results dir, cache dir, argv) of one finished tiny run."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tiny.yaml").write_text(TINY)
+    argv = ["run", str(root / "tiny.yaml"), "--results", str(root / "results"), "--cache", str(root / "cache")]
+    assert main(argv) == 0
+    return root / "results", root / "cache", argv
+
+
+def _records(results: Path) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted((results / "records").glob("*.json"))}
+
+
+# -- records -------------------------------------------------------------------------------------------------
+def test_record_round_trips_through_json(tiny_run):
+    results, _, _ = tiny_run
+    store = ResultStore(results)
+    recs = store.all()
+    assert len(recs) == 2
+    for rec in recs:
+        assert rec["schema_version"] == SCHEMA_VERSION
+        again = check_record(json.loads(json.dumps(rec)))
+        assert again == rec
+        assert store.get(rec["cell_id"]) == rec
+    assert not list((results / "records").glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda r: r.pop("metrics"), "lacks metrics"),
+    (lambda r: r.update(schema_version=SCHEMA_VERSION + 1), "schema_version"),
+    (lambda r: r["spec"].pop("seed"), "spec lacks seed"),
+    (lambda r: r.update(metrics=None), "needs metrics"),
+])
+def test_check_record_names_the_bad_field(tiny_run, mutate, fragment):
+    rec = copy.deepcopy(ResultStore(tiny_run[0]).all()[0])
+    mutate(rec)
+    with pytest.raises(ValueError, match=fragment):
+        check_record(rec)
+
+
+def test_corrupt_record_is_recomputed(tiny_run, capsys):
+    results, _, argv = tiny_run
+    before = _records(results)
+    victim = sorted(before)[0]
+    (results / "records" / victim).write_text('{"schema_version": 1, "cell_id": ')  # a torn write
+    assert main(argv) == 0
+    assert "invalid record" in capsys.readouterr().err
+    after = _records(results)
+    assert set(after) == set(before)
+    assert check_record(json.loads(after[victim]))["cell_id"] + ".json" == victim
+    for name in before:
+        if name != victim:
+            assert after[name] == before[name]  # the others were not recomputed
+
+
+# -- artifacts -----------------------------------------------------------------------------------------------
+def test_corrupt_artifact_is_rebuilt_not_trusted(tiny_run, capsys):
+    results, cache, argv = tiny_run
+    (art,) = [d for d in cache.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    manifest = json.loads((art / "manifest.json").read_text())
+    weights = art / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = b"\x00" * 8  # flip the last weights
+    weights.write_bytes(bytes(data))
+    for p in (results / "records").glob("*.json"):
+        p.unlink()
+    assert main(argv) == 0
+    assert "corrupt" in capsys.readouterr().err
+    rebuilt = json.loads((art / "manifest.json").read_text())
+    from benchmark._io import sha256_file
+
+    assert sha256_file(weights) == rebuilt["weights_sha256"]
+    assert rebuilt["poisoned_index_hash"] == manifest["poisoned_index_hash"]
+    assert rebuilt["weights_sha256"] == manifest["weights_sha256"]  # same seed, same CPU → same weights
+
+
+def test_artifact_cache_round_trip(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    cache = ArtifactCache(tmp_path)
+    cache.save("k", model, {"artifact_key": "k"})
+    fresh = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    manifest = cache.load("k", fresh)
+    assert manifest is not None and manifest["artifact_key"] == "k"
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(a, b)
+    assert cache.load("missing", fresh) is None
+
+
+# -- safe checkpoint loading ---------------------------------------------------------------------------------
+class _Payload:
+    """Anything that is not a tensor: unpickling it would run arbitrary code in a hostile file."""
+
+
+def test_pickle_checkpoint_is_refused(tmp_path):
+    model = nn.Linear(3, 2)
+    path = tmp_path / "model.pt"
+    torch.save({"weight": model.weight.data, "bias": model.bias.data, "extra": _Payload()}, path)
+    with pytest.raises(FipbenchError, match="refusing to unpickle"):
+        load_weights(nn.Linear(3, 2), path)
+
+
+def test_weights_only_state_dict_loads(tmp_path):
+    model = nn.Linear(3, 2)
+    path = tmp_path / "model.pt"
+    torch.save({"state_dict": model.state_dict()}, path)
+    fresh = nn.Linear(3, 2)
+    load_weights(fresh, path)
+    assert torch.equal(fresh.weight, model.weight)
+
+
+def test_checkpoint_for_another_model_is_a_one_line_error(tmp_path):
+    from safetensors.torch import save_model
+
+    path = tmp_path / "model.safetensors"
+    save_model(nn.Linear(3, 2), str(path))
+    with pytest.raises(FipbenchError, match="does not fit model") as err:
+        load_weights(nn.Linear(5, 2), path)
+    assert "\n" not in str(err.value)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(FipbenchError, match="not a valid safetensors file"):
+        load_weights(nn.Linear(3, 2), tmp_path / "bad.safetensors")
+
+
+# -- resume --------------------------------------------------------------------------------------------------
+def _spawn(cfg: Path, results: Path, cache: Path, env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", str(cfg), "--results", str(results),
+                             "--cache", str(cache), "--threads", "1"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_without_recomputing(tmp_path, subprocess_env, sig):
+    cfg = tmp_path / "killable.yaml"
+    cfg.write_text(KILLABLE)
+    results, cache = tmp_path / "results", tmp_path / "cache"
+    proc = _spawn(cfg, results, cache, subprocess_env)
+    deadline = time.monotonic() + 300
+    while not list((results / "records").glob("*.json")) and time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"run ended before it could be interrupted: {proc.stderr.read()}")
+        time.sleep(0.05)
+    proc.send_signal(sig)  # at least one cell finished; another is mid-way
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "run the same command again to resume" in err
+    finished = _records(results)
+    assert 1 <= len(finished) < 4
+    for text in finished.values():
+        check_record(json.loads(text))  # nothing torn
+    assert not list((results / "records").glob(".*"))
+
+    # The rerun completes the matrix and leaves every finished record byte-identical (not recomputed).
+    proc = _spawn(cfg, results, cache, subprocess_env)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    after = _records(results)
+    assert len(after) == 4
+    for name, text in finished.items():
+        assert after[name] == text
+    artifacts = [d for d in cache.iterdir() if not d.name.startswith(".")]  # a kill mid-save leaves a dot-dir
+    assert len(artifacts) == 2
+    assert (results / "leaderboard.md").is_file()
+
+
+def test_same_seed_gives_identical_metrics(tiny_run, tmp_path):
+    """A second run from scratch (fresh cache and results) reproduces every metric exactly on CPU."""
+    results, _, _ = tiny_run
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    assert main(["run", str(tmp_path / "tiny.yaml"), "--results", str(tmp_path / "r"),
+                 "--cache", str(tmp_path / "c")]) == 0
+    first = {r["cell_id"]: r["metrics"] for r in ResultStore(results).all()}
+    second = {r["cell_id"]: r["metrics"] for r in ResultStore(tmp_path / "r").all()}
+    assert first == second
+
+
+if os.name != "posix":  # SIGKILL semantics
+    pytestmark = pytest.mark.skip("POSIX only")
