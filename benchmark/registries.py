@@ -11,6 +11,10 @@ TASKS = Registry("task", group="fipbench.tasks", builtin={
 DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
     "digits": "tasks.image_classification.data",
     "mnist5k": "tasks.image_classification.data",
+    "cifar10": "tasks.image_classification.real_data",
+    "gtsrb": "tasks.image_classification.real_data",
+    "tiny_imagenet": "tasks.image_classification.real_data",
+    "imagenet": "tasks.image_classification.real_data",
 })
 
 MODELS = Registry("model", group="fipbench.models", builtin={

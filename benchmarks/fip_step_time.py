@@ -1,9 +1,9 @@
 """Per-step wall time and tuned-parameter count of FIP, Fast FIP and vanilla fine-tuning, one process, one
 machine, same model, same holdout.  Prints a Markdown table; not a test.
 
-    .venv/bin/python benchmarks/fip_step_time.py [--models small_cnn preact_resnet18] [--steps 20]
+    .venv/bin/python benchmarks/fip_step_time.py [--dataset mnist5k] [--models small_cnn preact_resnet18] [--steps 20]
 
-Each defense runs `--steps` optimisation steps on the digits holdout (trace term every step, so that the
+Each defense runs `--steps` optimisation steps on the dataset's defense holdout (trace term every step, so that the
 per-step figure is the cost of FIP's full objective; with the default trace_every=5 it is amortised).
 """
 
@@ -21,6 +21,7 @@ from benchmark.rng import generator
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", default="mnist5k")
     parser.add_argument("--models", nargs="+", default=["small_cnn", "preact_resnet18"])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -29,10 +30,10 @@ def main() -> None:
     os.environ.setdefault("FIPBENCH_PROGRESS", "0")
 
     task_cls = TASKS.get("image_classification")
-    task = task_cls("digits", task_cls.Config(holdout_fraction=0.1), device=args.device)
+    task = task_cls(args.dataset, task_cls.Config(holdout_fraction=0.05), device=args.device)
     holdout = task.splits().holdout
     print(f"device: {args.device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"holdout {len(holdout)}, batch {args.batch_size}, {args.steps} steps\n")
+          f"{args.dataset} holdout {len(holdout)}, batch {args.batch_size}, {args.steps} steps\n")
     print("| model | defense | tuned params | % of all | s/step | vs FIP |")
     print("|---|---|---:|---:|---:|---:|")
     for arch in args.models:

@@ -9,11 +9,18 @@ packages and are read with no network access:
   run time); split 80/20 into train/test, stratified.
 - `digits`: the UCI optical-recognition digits that ship inside scikit-learn (1,797 8x8 scans of 43 writers),
   upsampled once to 16x16 (bilinear) so that triggers of standard relative size fit; tiny, used by the tests.
+
+Real datasets read from local files (CIFAR-10, GTSRB, Tiny-ImageNet, ImageNet) live in `real_data.py`.  Images
+reach a split in one of three forms: a float tensor (the embedded sets), a uint8 tensor (CIFAR-10, GTSRB: a
+quarter of the memory), or an `ImageSource` that decodes one file per access (sets too big for memory).
+`as_samples` turns any of them into the `Sample`s of a split.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -25,13 +32,29 @@ from benchmark.rng import generator
 from tasks.base import Sample
 
 
+class ImageSource(Sequence[torch.Tensor], abc.ABC):
+    """Images that are not held in memory: `src[i]` decodes image i to a float tensor [C,H,W] in [0,1]."""
+
+    image_shape: tuple[int, int, int]  # (C, H, W) of every image the source returns
+
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def __getitem__(self, i: int) -> torch.Tensor: ...  # type: ignore[override]
+
+
+# [N,C,H,W] float in [0,1], [N,C,H,W] uint8 in 0..255, or a lazy source of N images
+Images = torch.Tensor | ImageSource
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageData:
-    """A dataset's official train/test split as tensors: x [N,C,H,W] float in [0,1], y [N] int64."""
+    """A dataset's official train/test split: images (see `Images`) and labels y [N] int64."""
 
-    x_train: torch.Tensor
+    x_train: Images
     y_train: torch.Tensor
-    x_test: torch.Tensor
+    x_test: Images
     y_test: torch.Tensor
     num_classes: int
     mean: tuple[float, ...]  # per-channel, used by the model's first (normalisation) layer
@@ -39,11 +62,49 @@ class ImageData:
 
     @property
     def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of every image."""
+        if isinstance(self.x_train, ImageSource):
+            return self.x_train.image_shape
         return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
 
 
-def as_samples(x: torch.Tensor, y: torch.Tensor) -> list[Sample]:
-    return [Sample(x=x[i], y=int(y[i]), index=i) for i in range(len(y))]
+class SampleView(Sequence[Sample]):
+    """The samples of a split, built on access: `view[i]` is image `rows[i]` of `images` as float [C,H,W] in
+    [0,1] with its label, and `index=i` (the position within the split).  Used for uint8 tensors and lazy
+    sources, where a list of float Samples would cost 4x the memory or a decode of every file up front."""
+
+    def __init__(self, images: Images, labels: torch.Tensor, rows: torch.Tensor | None = None):
+        self.images = images
+        self.rows = list(range(len(labels))) if rows is None else rows.tolist()  # split position -> image row
+        self.labels: list[int] = labels[self.rows].tolist() if len(self.rows) else []  # split order; no decode
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):  # like slicing a list of Samples: indices stay positions in the split
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self.rows)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} out of range for a split of {n}")
+        i = i % n
+        x = self.images[self.rows[i]]
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)  # [C,H,W] 0..255 -> [0,1]
+        return Sample(x=x, y=self.labels[i], index=i)
+
+
+def as_samples(x: Images, y: torch.Tensor, rows: torch.Tensor | None = None) -> Sequence[Sample]:
+    """The split made of images `rows` (default: all) of `x`; `Sample.index` is the position in the split.
+
+    Float tensors give a list of Samples holding views of the tensor (as before the lazy path existed, so the
+    embedded sets are unchanged); uint8 tensors and lazy sources give a `SampleView`.
+    """
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        if rows is not None:
+            x, y = x[rows], y[rows]
+        return [Sample(x=x[i], y=int(y[i]), index=i) for i in range(len(y))]
+    return SampleView(x, y, rows)
 
 
 @DATASETS.register("digits")

@@ -15,7 +15,7 @@ from benchmark.errors import FipbenchError
 from benchmark.registries import DATASETS, MODELS, TASKS
 from benchmark.rng import generator
 from tasks.base import Batch, Sample, Splits, Task, TaskConfig
-from tasks.image_classification.data import ImageData, as_samples, stratified_split
+from tasks.image_classification.data import ImageData, SampleView, as_samples, stratified_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +60,11 @@ class ImageClassificationTask(Task):
         # The holdout is carved out of the training pool (stratified, fixed by split_seed) and never poisoned.
         train_idx, hold_idx = stratified_split(d.y_train, self.cfg.holdout_fraction,
                                                generator(self.cfg.split_seed, self.dataset, "holdout"))
-        return Splits(train=as_samples(d.x_train[train_idx], d.y_train[train_idx]),
+        # In-memory float images give lists of Samples; uint8 images and lazy (file-backed) sources give views
+        # that build each Sample on access (see data.as_samples).
+        return Splits(train=as_samples(d.x_train, d.y_train, train_idx),
                       test=as_samples(d.x_test, d.y_test),
-                      holdout=as_samples(d.x_train[hold_idx], d.y_train[hold_idx]))
+                      holdout=as_samples(d.x_train, d.y_train, hold_idx))
 
     def build_model(self, arch: str, generator: torch.Generator | None = None) -> nn.Module:
         builder = MODELS.get(arch, where="task image_classification")
@@ -115,7 +117,8 @@ class ImageClassificationTask(Task):
         return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
 
     def metrics(self, model: nn.Module, data: Sequence[Sample]) -> dict[str, float]:
-        y = torch.tensor([data[i].y for i in range(len(data))])
+        # A SampleView knows its labels; reading them through data[i] would decode every image a second time.
+        y = torch.tensor(data.labels if isinstance(data, SampleView) else [data[i].y for i in range(len(data))])
         return {"acc": float((self.predict(model, data) == y).float().mean())}
 
     def backdoor_metrics(self, model: nn.Module, triggered: Sequence[Sample],
