@@ -19,7 +19,7 @@ import torch
 from benchmark.config import Config
 from benchmark.errors import FipbenchError
 from benchmark.rng import generator
-from tasks.base import Hook, Sample, Task
+from tasks.base import Hook, Sample, Task, labels_of
 
 Params = dict[str, Any]
 
@@ -60,6 +60,14 @@ class PoisonedDataset(Sequence[Sample]):
         s2 = self.trigger.apply(s, self.trigger.make_params(s, generator(self.seed, self.split, s.index)))
         return dataclasses.replace(s2, y=self.relabel(s.y)) if self.relabel else s2
 
+    @property
+    def labels(self) -> list[Any]:
+        """Labels after relabelling, without applying any trigger."""
+        base = labels_of(self.base)
+        if not self.relabel:
+            return base
+        return [self.relabel(y) if i in self._poisoned else y for i, y in enumerate(base)]
+
     def index_hash(self) -> str:
         """sha256 of the poisoned index list: stored in artifact manifests."""
         return hashlib.sha256(",".join(map(str, self.indices)).encode()).hexdigest()
@@ -74,6 +82,11 @@ class Subset(Sequence[Sample]):
 
     def __getitem__(self, i: int) -> Sample:  # type: ignore[override]
         return self.base[self.indices[i]]
+
+    @property
+    def labels(self) -> list[Any]:
+        base = labels_of(self.base)
+        return [base[j] for j in self.indices]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +131,7 @@ class Attack(abc.ABC):
     def eligible(self, task: Task, data: Sequence[Sample]) -> list[int]:
         """Indices whose label the backdoor changes (all-to-one: not already the target)."""
         relabel = self.relabel(task)
-        return [i for i in range(len(data)) if relabel(data[i].y) != data[i].y]
+        return [i for i, y in enumerate(labels_of(data)) if relabel(y) != y]
 
     def select(self, task: Task, data: Sequence[Sample]) -> list[int]:
         """round(poison_rate * |train|) indices drawn uniformly from the eligible ones (BackdoorBench's rule)."""

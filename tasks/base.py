@@ -37,6 +37,13 @@ class Sample:
     index: int
 
 
+def labels_of(data: Sequence[Sample]) -> list[Any]:
+    """Every sample's `y`, in order.  Sequences backed by files (lazy image sources, poisoned views) expose a
+    `labels` list so that this needs no decoding; plain lists are read sample by sample."""
+    labels = getattr(data, "labels", None)
+    return list(labels) if labels is not None else [data[i].y for i in range(len(data))]
+
+
 @dataclasses.dataclass(frozen=True)
 class Splits:
     """Disjoint train / test / defense-holdout; the holdout is never poisoned and never trained on by attacks."""

@@ -219,3 +219,16 @@ def test_attack_rejects_unsupported_modality(task, monkeypatch):
     monkeypatch.setattr(type(task), "modality", "text")
     with pytest.raises(FipbenchError, match="does not support task"):
         ATTACKS.get("badnets")(seed=0).check_task(task)
+
+
+def test_label_lists_need_no_decoding(task, splits):
+    """Selection and metrics read `labels` from views; they must equal the labels of the decoded samples."""
+    from attacks.badnets import BadNets, BadNetsConfig
+    from tasks.base import labels_of
+
+    attack = BadNets(BadNetsConfig(label_mode="all2all"), seed=0)
+    poisoned = attack.poison(task, splits.train)
+    assert poisoned.labels == [poisoned[i].y for i in range(len(poisoned))]
+    triggered, clean = attack.triggered_test(task, splits.test)
+    assert labels_of(triggered) == [triggered[i].y for i in range(len(triggered))]
+    assert labels_of(clean) == [clean[i].y for i in range(len(clean))]

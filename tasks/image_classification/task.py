@@ -14,8 +14,8 @@ from torch import nn
 from benchmark.errors import FipbenchError
 from benchmark.registries import DATASETS, MODELS, TASKS
 from benchmark.rng import generator
-from tasks.base import Batch, Sample, Splits, Task, TaskConfig
-from tasks.image_classification.data import ImageData, SampleView, as_samples, stratified_split
+from tasks.base import Batch, Sample, Splits, Task, TaskConfig, labels_of
+from tasks.image_classification.data import ImageData, as_samples, stratified_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,15 +117,14 @@ class ImageClassificationTask(Task):
         return torch.cat(preds) if preds else torch.empty(0, dtype=torch.int64)
 
     def metrics(self, model: nn.Module, data: Sequence[Sample]) -> dict[str, float]:
-        # A SampleView knows its labels; reading them through data[i] would decode every image a second time.
-        y = torch.tensor(data.labels if isinstance(data, SampleView) else [data[i].y for i in range(len(data))])
+        y = torch.tensor(labels_of(data))  # from the view's label list: no second decode of every image
         return {"acc": float((self.predict(model, data) == y).float().mean())}
 
     def backdoor_metrics(self, model: nn.Module, triggered: Sequence[Sample],
                          clean: Sequence[Sample]) -> dict[str, float]:
         pred = self.predict(model, triggered)
-        target = torch.tensor([triggered[i].y for i in range(len(triggered))])
-        true = torch.tensor([clean[i].y for i in range(len(clean))])
+        target = torch.tensor(labels_of(triggered))
+        true = torch.tensor(labels_of(clean))
         return {"asr": float((pred == target).float().mean()), "ra": float((pred == true).float().mean())}
 
     def backdoor_label(self, y: int, mode: str, target: int) -> int:
