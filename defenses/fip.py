@@ -52,7 +52,7 @@ from benchmark.registries import DEFENSES
 from benchmark.rng import child
 from defenses import _spectral
 from defenses.base import Defense, TuningConfig, count_tuned
-from defenses.fisher import diagonal_fisher, trace_term
+from defenses.fisher import diagonal_fisher, frozen_norm_stats, trace_term
 from tasks.base import Batch, FitConfig, Hook, Sample, Task
 
 
@@ -94,13 +94,15 @@ class FIPObjective(Hook):
         if self.cfg.eta_r > 0 and self.fisher is not None:
             loss = loss + 0.5 * self.cfg.eta_r * self.retention()
         if self.cfg.eta_f > 0 and step % self.cfg.trace_every == 0 and self.cfg.variant == "released":
-            t = released_trace_term(model, batch, self.params, self.cfg.probes, self.generator)
+            with frozen_norm_stats(model):
+                t = released_trace_term(model, batch, self.params, self.cfg.probes, self.generator)
             self.last["trace"] = float(t.detach())
             loss = loss + self.cfg.eta_f * t
         elif self.cfg.eta_f > 0 and step % self.cfg.trace_every == 0:
-            fisher_batch = (self.task.sample_model_labels(model, batch, self.generator)
-                            if self.cfg.sample_labels else None)
-            t = trace_term(model, fisher_batch or batch, self.task, self.params)
+            with frozen_norm_stats(model):
+                fisher_batch = (self.task.sample_model_labels(model, batch, self.generator)
+                                if self.cfg.sample_labels else None)
+                t = trace_term(model, fisher_batch or batch, self.task, self.params)
             self.last["trace"] = float(t.detach())
             loss = loss + self.cfg.eta_f * t
         return loss
@@ -131,7 +133,7 @@ def released_trace_term(model: nn.Module, batch: Batch, params: Sequence[torch.T
 @DEFENSES.register("fip")
 class FIP(Defense):
     Config = FIPConfig
-    version = 1
+    version = 2  # 2: the trace term's extra forwards no longer update BatchNorm running statistics
     paper = "Karim et al., Fisher Information guided Purification against Backdoor Attacks, CCS 2024"
 
     def tuned_params(self, model: nn.Module) -> list[torch.Tensor]:
@@ -170,7 +172,7 @@ class FastFIP(FIP):
     """FIP over singular-value shifts only; see the module docstring."""
 
     Config = FastFIPConfig
-    version = 1
+    version = 2  # see FIP.version
 
     def tuned_params(self, model: nn.Module) -> list[torch.Tensor]:
         return _spectral.apply_spectral(model)

@@ -13,12 +13,28 @@ Fast FIP) and use only `task.loss`, so they work on every task.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 
 import torch
 from torch import nn
 
 from tasks.base import Batch, Sample, Task
+
+
+@contextlib.contextmanager
+def frozen_norm_stats(model: nn.Module) -> Iterator[None]:
+    """Extra train-mode forwards (a regulariser's own forward, label sampling) still normalise with batch
+    statistics but leave BatchNorm's running statistics as the one ordinary forward per step left them."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.momentum]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 − 0)·running + 0·batch
+    try:
+        yield
+    finally:
+        for m, mom in zip(norms, saved):
+            m.momentum = mom
 
 
 def diagonal_fisher(model: nn.Module, data: Sequence[Sample], task: Task,

@@ -182,3 +182,18 @@ def test_released_trace_term_is_a_zero_mean_linear_function_of_the_gradient():
     scale = values.abs().mean()
     assert abs(float(values.mean())) < 0.2 * scale  # zero mean over probes, unlike ‖g‖² ≥ 0
     assert (values < 0).any() and (values > 0).any()
+
+
+def test_trace_step_updates_batchnorm_statistics_once(task, backdoored_model, splits):
+    """Only the ordinary forward of a step moves BN running statistics; the trace term's forwards do not."""
+    from defenses.fisher import frozen_norm_stats
+
+    model = backdoored_model.train()
+    bn = next(m for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    batch = task.to_device(task.collate([splits.holdout[i] for i in range(16)]))
+    before = bn.running_mean.clone()
+    with frozen_norm_stats(model):
+        trace_term(model, task.sample_model_labels(model, batch, generator(0, "l")), task, list(model.parameters()))
+    assert torch.equal(bn.running_mean, before) and bn.momentum == 0.1
+    task.loss(model, batch)
+    assert not torch.equal(bn.running_mean, before)
