@@ -110,10 +110,29 @@ class Attack(abc.ABC):
     modalities: ClassVar[frozenset[str]]
     paper: ClassVar[str] = ""
     registry_name: ClassVar[str]
+    # Config overrides that make the attack cheap enough for the CPU test suite (e.g. fewer generator epochs);
+    # used by the enrollment test only, never by a benchmark run.
+    smoke_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: AttackConfig | None = None, *, seed: int = 0):
         self.cfg = cfg or self.Config()
         self.seed = seed
+
+    # -- learned trigger state ------------------------------------------------------------------------------
+    def prepare(self, task: Task, train: Sequence[Sample], *, generator: torch.Generator) -> None:
+        """Build what the trigger needs before poisoning: an encoder (ISSBA), adversarial perturbations from a
+        surrogate (CLB), an optimised pattern (Trojan).  Called once per artifact, before `poison`.  Whatever
+        it learns must live in `state_dict()`, so that a cached artifact restores it without recomputation.
+        Attacks that learn their trigger jointly with the model (Input-aware, LIRA) do it in `train_hooks`."""
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that define the learned trigger (saved next to the artifact's weights); {} for fixed ones."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state:
+            raise FipbenchError(f"attack {self.registry_name!r} has no learned state, but the artifact holds "
+                                f"{sorted(state)[:3]}; delete the artifact so it is rebuilt")
 
     @abc.abstractmethod
     def trigger(self, task: Task) -> Trigger: ...

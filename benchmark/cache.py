@@ -1,7 +1,9 @@
 """Content-addressed cache of backdoored models (attack artifacts).
 
     <cache>/<artifact_key>/model.safetensors   weights (safetensors: no pickle, nothing executes on load)
-    <cache>/<artifact_key>/manifest.json       spec, poisoned-index hash, versions, weights sha256,
+    <cache>/<artifact_key>/attack.safetensors  the attack's learned trigger state (generator, encoder, ...),
+                                               only for attacks that learn one
+    <cache>/<artifact_key>/manifest.json       spec, poisoned-index hash, versions, sha256 of both files,
                                                before-defense metrics, training time
 
 An artifact directory appears atomically (built in a temp dir, then renamed), so a killed run leaves either a
@@ -32,8 +34,9 @@ class ArtifactCache:
     def dir(self, key: str) -> Path:
         return self.root / key
 
-    def load(self, key: str, model: nn.Module) -> dict[str, Any] | None:
-        """Fill `model` with the cached weights and return the manifest, or None if absent or corrupt."""
+    def load(self, key: str, model: nn.Module, attack: Any = None) -> dict[str, Any] | None:
+        """Fill `model` (and `attack`'s learned trigger state) from the cache and return the manifest, or None
+        if absent or corrupt."""
         import json
 
         d = self.dir(key)
@@ -42,23 +45,36 @@ class ArtifactCache:
         except (OSError, ValueError):
             return None
         weights = d / "model.safetensors"
+        state_file = d / "attack.safetensors"
+        state_ok = (manifest.get("attack_state_sha256") is None
+                    or (state_file.is_file() and sha256_file(state_file) == manifest["attack_state_sha256"]))
         if manifest.get("manifest_version") != MANIFEST_VERSION or not weights.is_file() \
-                or sha256_file(weights) != manifest.get("weights_sha256"):
+                or sha256_file(weights) != manifest.get("weights_sha256") or not state_ok:
             print(f"warning: artifact {d} is incomplete or corrupt; rebuilding it", file=sys.stderr)
             shutil.rmtree(d, ignore_errors=True)
             return None
         load_weights(model, weights)
+        if attack is not None:
+            from safetensors.torch import load_file
+
+            attack.load_state_dict(load_file(str(state_file)) if manifest.get("attack_state_sha256") else {})
         return manifest
 
-    def save(self, key: str, model: nn.Module, manifest: dict[str, Any]) -> dict[str, Any]:
-        from safetensors.torch import save_model
+    def save(self, key: str, model: nn.Module, manifest: dict[str, Any],
+             attack_state: dict[str, Any] | None = None) -> dict[str, Any]:
+        from safetensors.torch import save_file, save_model
 
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
         try:
             save_model(model, str(tmp / "model.safetensors"))
+            state_sha = None
+            if attack_state:
+                state = {k: v.detach().cpu().contiguous() for k, v in attack_state.items()}
+                save_file(state, str(tmp / "attack.safetensors"))
+                state_sha = sha256_file(tmp / "attack.safetensors")
             manifest = {**manifest, "manifest_version": MANIFEST_VERSION,
-                        "weights_sha256": sha256_file(tmp / "model.safetensors")}
+                        "weights_sha256": sha256_file(tmp / "model.safetensors"), "attack_state_sha256": state_sha}
             atomic_write_json(tmp / "manifest.json", manifest)
             final = self.dir(key)
             if final.exists():  # a stale or corrupt copy: replace it

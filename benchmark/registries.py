@@ -20,12 +20,29 @@ DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
 MODELS = Registry("model", group="fipbench.models", builtin={
     "small_cnn": "tasks.image_classification.models",
     "preact_resnet18": "tasks.image_classification.models",
+    "resnet18": "tasks.image_classification.models",
+    "resnet50": "tasks.image_classification.models",
+    "vgg16_bn": "tasks.image_classification.models",
+    "mobilenet_v2": "tasks.image_classification.models",
+    "deit_tiny": "tasks.image_classification.models",
 })
 
 ATTACKS = Registry("attack", group="fipbench.attacks", builtin={
     "none": "attacks.none",
     "badnets": "attacks.badnets",
     "blend": "attacks.blend",
+    "trojan": "attacks.trojan",
+    "sig": "attacks.sig",
+    "lf": "attacks.lf",
+    "cba": "attacks.cba",
+    "wanet": "attacks.wanet",
+    "bpp": "attacks.bpp",
+    "input_aware": "attacks.input_aware",
+    "lira": "attacks.lira",
+    "clb": "attacks.clb",
+    "issba": "attacks.issba",
+    "ssba": "attacks.issba",  # BackdoorBench's name for ISSBA: the same attack
+    "fba": "attacks.fba",
 })
 
 DEFENSES = Registry("defense", group="fipbench.defenses", builtin={
@@ -33,6 +50,16 @@ DEFENSES = Registry("defense", group="fipbench.defenses", builtin={
     "finetune": "defenses.finetune",
     "fip": "defenses.fip",
     "fast_fip": "defenses.fip",
+    "fine_pruning": "defenses.fine_pruning",
+    "nad": "defenses.nad",
+    "clp": "defenses.clp",
+    "ft_sam": "defenses.ft_sam",
+    "awm": "defenses.awm",
+    "anp": "defenses.anp",
+    "rnp": "defenses.rnp",
+    "i_bau": "defenses.i_bau",
+    "sau": "defenses.sau",
+    "neural_cleanse": "defenses.neural_cleanse",
 })
 
 ALL = {"tasks": TASKS, "datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES}

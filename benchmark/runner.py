@@ -119,10 +119,13 @@ class Runner:
         """The backdoored model for this spec: from the cache, or trained now and cached."""
         key = spec.artifact_key()
         model = task.build_model(spec.model, generator(spec.seed, "init", spec.model))
-        manifest = self.cache.load(key, model)
+        manifest = self.cache.load(key, model, attack)
         if manifest is not None:
             return model.to(task.device).eval(), manifest
         self.log(f"          training backdoored model {spec.model} / {spec.attack.label} (artifact {key})")
+        start = time.perf_counter()
+        attack.prepare(task, task.splits().train, generator=generator(spec.seed, "attack-prepare", key))
+        prepare_seconds = time.perf_counter() - start
         poisoned = attack.poison(task, task.splits().train)
         hooks = attack.train_hooks(task)
         fit = task.fit(model, poisoned, FitConfig.from_dict(spec.train, "train"), hooks=hooks,
@@ -130,8 +133,9 @@ class Runner:
         manifest = {"artifact_key": key, "spec": spec.resolved(), "model": spec.model,
                     "poisoned_index_hash": poisoned.index_hash(), "n_poisoned": len(poisoned.indices),
                     "n_train": len(poisoned), "train_seconds": fit.seconds, "train_steps": fit.steps,
+                    "prepare_seconds": prepare_seconds,
                     "metrics_before": self.evaluate(task, attack, model), "environment": environment(task.device)}
-        manifest = self.cache.save(key, model, manifest)
+        manifest = self.cache.save(key, model, manifest, attack.state_dict())
         return model.eval(), manifest
 
     def _base_record(self, spec: RunSpec, resolved: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:

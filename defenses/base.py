@@ -30,6 +30,9 @@ class Defense(abc.ABC):
     clean_data: ClassVar[str] = "the clean holdout (default 1 % of the training set)"
     paper: ClassVar[str] = ""
     registry_name: ClassVar[str]
+    # Config overrides that make the defense cheap enough for the CPU test suite (fewer steps, ...); used by the
+    # enrollment test only, never by a benchmark run.
+    smoke_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, cfg: DefenseConfig | None = None):
         self.cfg = cfg or self.Config()

@@ -20,6 +20,7 @@ from tasks.base import Sample, Task
 @DEFENSES.register("finetune")
 class FineTune(Defense):
     Config = TuningConfig
+    smoke_overrides = {"fit": {"steps": 6, "batch_size": 32}}
     paper = "vanilla fine-tuning on clean data (baseline)"
 
     def purify(self, model: nn.Module, clean: Sequence[Sample], task: Task, *, rng: torch.Generator) -> nn.Module:

@@ -135,6 +135,7 @@ class FIP(Defense):
     Config = FIPConfig
     version = 2  # 2: the trace term's extra forwards no longer update BatchNorm running statistics
     paper = "Karim et al., Fisher Information guided Purification against Backdoor Attacks, CCS 2024"
+    smoke_overrides = {"fit": {"steps": 6, "batch_size": 32}, "trace_every": 2}
 
     def tuned_params(self, model: nn.Module) -> list[torch.Tensor]:
         return [p for p in model.parameters() if p.requires_grad]
