@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from pathlib import Path
 from collections.abc import Sequence
 from typing import Literal
 
@@ -26,6 +27,10 @@ class ImageClassificationConfig(TaskConfig):
     augment: bool = True
     pad: int = 2
     hflip: bool = False
+    # Optional local weight file loaded into every freshly built model before backdoor training (e.g. an
+    # ImageNet-pretrained ResNet-50 state_dict converted to safetensors, keys prefixed "1." for the model after
+    # Normalize).  Nothing is ever downloaded.
+    init_weights: str | None = None
 
     def check(self) -> None:
         super().check()
@@ -74,7 +79,16 @@ class ImageClassificationTask(Task):
         with torch.random.fork_rng(devices=[]):
             if generator is not None:
                 torch.manual_seed(generator.initial_seed())
-            model = builder(in_channels=d.shape[0], num_classes=d.num_classes, mean=d.mean, std=d.std)
+            model = builder(in_channels=d.shape[0], num_classes=d.num_classes, mean=d.mean, std=d.std,
+                            image_size=d.shape[1])
+        if self.cfg.init_weights:  # type: ignore[attr-defined]
+            from benchmark.cache import load_weights  # safetensors or weights-only: never a pickle
+
+            path = Path(self.cfg.init_weights).expanduser()  # type: ignore[attr-defined]
+            if not path.is_file():
+                raise FipbenchError(f"init_weights {str(path)!r} does not exist; give the path of a local "
+                                    f".safetensors (or weights-only .pt) file for model {arch!r}")
+            load_weights(model, path)
         return model.to(self.device)
 
     def collate(self, samples: Sequence[Sample]) -> Batch:

@@ -1,0 +1,71 @@
+"""Image models: every registered architecture builds for every input size used, is seeded by its generator,
+has normalisation inside, trains, takes a local weight file through `init_weights`, and survives Fast FIP's
+spectral reparametrisation and fold-back (the path every defense takes)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmark.errors import FipbenchError
+from benchmark.registries import MODELS
+from benchmark.rng import generator
+from defenses import _spectral
+from tasks.base import FitConfig
+from tasks.image_classification import ImageClassificationConfig, ImageClassificationTask
+from tasks.image_classification.models import Normalize
+
+NAMES = MODELS.names()
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("c,size", [(1, 16), (1, 28), (3, 32), (3, 64)])
+def test_builds_for_every_small_input(name, c, size):
+    model = MODELS.get(name)(in_channels=c, num_classes=7, mean=[0.5] * c, std=[0.25] * c, image_size=size)
+    first_leaf = next(m for m in model.modules() if not list(m.children()))
+    assert isinstance(first_leaf, Normalize), f"{name}: normalisation must be the model's first layer"
+    with torch.no_grad():
+        assert model.eval()(torch.rand(2, c, size, size)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_seeded_build_trains_and_folds(name, task, splits):
+    a = task.build_model(name, generator(0, "init", name))
+    b = task.build_model(name, generator(0, "init", name))
+    c = task.build_model(name, generator(1, "init", name))
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert any(not torch.equal(sa[k], sc[k]) for k in sa if sa[k].is_floating_point())
+    before = {k: v.clone() for k, v in sa.items()}
+    task.fit(a, splits.train[:64], FitConfig(steps=2, batch_size=32, lr=0.01), generator=generator(0, "fit"))
+    assert any(not torch.equal(before[k], v) for k, v in a.state_dict().items() if v.is_floating_point())
+
+    # Fast FIP's reparametrisation starts at the same function and folds back to the same plain layers.
+    a.eval()
+    x = torch.stack([s.x for s in splits.test[:8]])
+    with torch.no_grad():
+        ref = a(x)
+    shifts = _spectral.apply_spectral(a)
+    assert shifts
+    with torch.no_grad():
+        assert torch.allclose(a(x), ref, atol=1e-3, rtol=1e-3)
+    folded = _spectral.fold(a)
+    assert set(folded.state_dict()) == set(sa)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), ref, atol=1e-3, rtol=1e-3)
+
+
+def test_init_weights_loads_a_local_file_and_refuses_bad_ones(tmp_path, task):
+    from safetensors.torch import save_model
+
+    src = task.build_model("small_cnn", generator(5, "init"))
+    path = tmp_path / "w.safetensors"
+    save_model(src, str(path))
+    t = ImageClassificationTask("digits", ImageClassificationConfig(holdout_fraction=0.05, init_weights=str(path)))
+    got = t.build_model("small_cnn", generator(0, "init"))
+    assert all(torch.equal(v, src.state_dict()[k]) for k, v in got.state_dict().items())
+    with pytest.raises(FipbenchError, match="does not fit model"):
+        t.build_model("resnet18", generator(0, "init"))
+    missing = ImageClassificationTask("digits", ImageClassificationConfig(init_weights=str(tmp_path / "nope.pt")))
+    with pytest.raises(FipbenchError, match="does not exist"):
+        missing.build_model("small_cnn")
