@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal, TypedDict
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: metrics.sharpness_before / sharpness_after
 
 
 class SpecRecord(TypedDict):
@@ -40,6 +40,11 @@ class Metrics(TypedDict):
     ra_before: float | None
     der: float | None  # BackdoorBench's defense effectiveness rating, in [0, 1]
     extra: dict[str, float]  # the task's other clean metrics after the defense
+    # Sharpness of the task loss on a fixed clean batch (the first 128 holdout samples; see
+    # defenses.fisher.sharpness): {"hessian_max_eig", "hessian_trace", "fisher_trace"}; None when the run was
+    # started with --no-sharpness.
+    sharpness_before: dict[str, float] | None  # the backdoored model
+    sharpness_after: dict[str, float] | None  # the purified model
 
 
 class Timings(TypedDict):

@@ -1,4 +1,4 @@
-"""`fipbench` command line: run, ls, validate, leaderboard.
+"""`fipbench` command line: run, ls, validate, leaderboard, sharpness.
 
 Import-light on purpose: `fipbench ls` imports no torch; component modules load only when a verb needs them.
 User errors (FipbenchError) print one line and exit 2.
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     run.add_argument("--force", action="store_true", help="recompute cells that already have records")
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    run.add_argument("--no-sharpness", dest="sharpness", action="store_false",
+                     help="skip the Hessian/Fisher sharpness figures before and after each defense")
 
     ls = sub.add_parser("ls", help="list registered components")
     ls.add_argument("kind", nargs="?", choices=sorted(ALL), help="one kind (default: all)")
@@ -55,13 +57,27 @@ def _parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="rebuild results/leaderboard.{md,csv} from the records")
     lb.add_argument("--results", type=Path, default=Path("results"))
+
+    sh = sub.add_parser("sharpness", help="largest Hessian eigenvalue, Hessian trace and Fisher trace of a model "
+                        "on a fixed clean batch")
+    sh.add_argument("model", help="an attack-artifact directory or key (looked up in --cache), or a weights file "
+                    "(.safetensors / weights-only .pt) together with --task, --dataset and --arch")
+    sh.add_argument("--cache", type=Path, default=Path(os.environ.get("FIPBENCH_CACHE", ".fipbench/artifacts")))
+    sh.add_argument("--task", default="image_classification")
+    sh.add_argument("--dataset", help="dataset of a weights file (artifacts know their own)")
+    sh.add_argument("--arch", help="model architecture of a weights file (artifacts know their own)")
+    sh.add_argument("--data-root", type=Path, default=os.environ.get("FIPBENCH_DATA"))
+    sh.add_argument("--split", choices=["holdout", "test"], default="holdout", help="where the clean batch comes from")
+    sh.add_argument("--batch-size", type=int, default=128)
+    sh.add_argument("--seed", type=int, default=0, help="seed of the power-iteration and Hutchinson probes")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"run": _run, "ls": _ls, "validate": _validate, "leaderboard": _leaderboard}[args.verb](args)
+        return {"run": _run, "ls": _ls, "validate": _validate, "leaderboard": _leaderboard,
+                "sharpness": _sharpness}[args.verb](args)
     except FipbenchError as err:
         print(f"fipbench: error: {err}", file=sys.stderr)
         return 2
@@ -103,7 +119,8 @@ def _run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise FipbenchError(f"--device {args.device} asked for, but torch sees no CUDA device; use --device cpu")
-    runner = Runner(args.results, args.cache, data_root=args.data_root, device=args.device, force=args.force)
+    runner = Runner(args.results, args.cache, data_root=args.data_root, device=args.device, force=args.force,
+                    sharpness=args.sharpness)
     print(f"fipbench: {matrix.name}: {len(matrix.cells)} cells -> {args.results}/records")
     runner.run(matrix.cells)
     paths = leaderboard.write(runner.store.all(), args.results)
@@ -117,6 +134,45 @@ def _leaderboard(args: argparse.Namespace) -> int:
 
     paths = leaderboard.write(ResultStore(args.results).all(), args.results)
     print(open(paths["md"]).read())
+    return 0
+
+
+def _sharpness(args: argparse.Namespace) -> int:
+    import json
+
+    from benchmark.cache import load_weights
+    from benchmark.registries import TASKS
+    from benchmark.rng import generator
+    from defenses.fisher import sharpness
+
+    path = Path(args.model)
+    if not path.exists() and (args.cache / args.model).is_dir():
+        path = args.cache / args.model
+    if path.is_dir():  # an artifact: its manifest names task, dataset, model and task config
+        try:
+            spec = json.loads((path / "manifest.json").read_text())["spec"]["task"]
+        except (OSError, ValueError, KeyError):
+            raise FipbenchError(f"{path}: not an attack artifact (no readable manifest.json); pass an artifact "
+                                f"directory or a weights file with --task/--dataset/--arch") from None
+        task_name, dataset, arch, task_cfg = spec["name"], spec["dataset"], spec["model"], spec["config"]
+        weights = path / "model.safetensors"
+    elif path.is_file():
+        if not (args.dataset and args.arch):
+            raise FipbenchError(f"{path} is a weights file: also pass --dataset and --arch (and --task if it is "
+                                f"not image_classification)")
+        task_name, dataset, arch, task_cfg, weights = args.task, args.dataset, args.arch, {}, path
+    else:
+        raise FipbenchError(f"no artifact or weights file {args.model!r} (looked in . and {args.cache}); "
+                            f"`ls {args.cache}` lists artifact keys")
+    task_cls = TASKS.get(task_name)
+    task = task_cls(dataset, task_cls.Config.from_dict(task_cfg, "task_config"), data_root=args.data_root)
+    model = task.build_model(arch)
+    load_weights(model, weights)
+    data = getattr(task.splits(), args.split)
+    out = sharpness(model, data, task, generator=generator(args.seed, "sharpness"), batch_size=args.batch_size)
+    print(f"{task_name}/{dataset}/{arch} on {min(args.batch_size, len(data))} {args.split} samples:")
+    for key, value in out.items():
+        print(f"  {key:16s} {value:12.4f}")
     return 0
 
 

@@ -31,10 +31,11 @@ from tasks.base import FitConfig, Task
 
 class Runner:
     def __init__(self, results: Path, cache: Path, *, data_root: Path | None = None, device: str = "cpu",
-                 force: bool = False, log: Callable[[str], None] = print):
+                 force: bool = False, sharpness: bool = True, log: Callable[[str], None] = print):
         self.store = ResultStore(results)
         self.cache = ArtifactCache(cache)
         self.data_root, self.device, self.force, self.log = data_root, device, force, log
+        self.sharpness = sharpness  # Hessian / Fisher figures before and after each defense (costly on big models)
         self._tasks: dict[str, Task] = {}
 
     # -- public -------------------------------------------------------------------------------------------
@@ -77,7 +78,7 @@ class Runner:
             return {**base, "status": "skipped", "reason": reason, "metrics": None, "timings": None,
                     "defense_report": {}}
 
-        model = copy.deepcopy(model)
+        original, model = model, copy.deepcopy(model)
         if torch.cuda.is_available() and task.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -88,10 +89,16 @@ class Runner:
                      if torch.cuda.is_available() and task.device.type == "cuda" else None)
         after = self.evaluate(task, attack, model)
         before = manifest["metrics_before"]
+        sharp_before = sharp_after = None
+        if self.sharpness:
+            # An artifact cached before sharpness was recorded lacks the figure: compute it from its weights.
+            sharp_before = manifest.get("sharpness_before") or self.measure_sharpness(task, original, spec.seed)
+            sharp_after = self.measure_sharpness(task, model, spec.seed)
         metrics = {"metric_name": task.metric_name, "clean": after[task.metric_name],
                    "clean_before": before[task.metric_name], "asr": after.get("asr"),
                    "asr_before": before.get("asr"), "ra": after.get("ra"), "ra_before": before.get("ra"),
                    "der": der(before, after, task.metric_name),
+                   "sharpness_before": sharp_before, "sharpness_after": sharp_after,
                    "extra": {k: v for k, v in after.items() if k not in (task.metric_name, "asr", "ra")}}
         timings = {"defense_seconds": seconds, "attack_train_seconds": manifest["train_seconds"],
                    "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -115,6 +122,11 @@ class Runner:
             out.update(task.backdoor_metrics(model, triggered, clean))
         return out
 
+    def measure_sharpness(self, task: Task, model: torch.nn.Module, seed: int) -> dict[str, float]:
+        from defenses.fisher import sharpness
+
+        return sharpness(model, task.splits().holdout, task, generator=generator(seed, "sharpness"))
+
     def artifact(self, spec: RunSpec, task: Task, attack: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The backdoored model for this spec: from the cache, or trained now and cached."""
         key = spec.artifact_key()
@@ -134,7 +146,8 @@ class Runner:
                     "poisoned_index_hash": poisoned.index_hash(), "n_poisoned": len(poisoned.indices),
                     "n_train": len(poisoned), "train_seconds": fit.seconds, "train_steps": fit.steps,
                     "prepare_seconds": prepare_seconds,
-                    "metrics_before": self.evaluate(task, attack, model), "environment": environment(task.device)}
+                    "metrics_before": self.evaluate(task, attack, model), "environment": environment(task.device),
+                    "sharpness_before": self.measure_sharpness(task, model, spec.seed) if self.sharpness else None}
         manifest = self.cache.save(key, model, manifest, attack.state_dict())
         return model.eval(), manifest
 

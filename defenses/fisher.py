@@ -114,9 +114,17 @@ def sharpness(model: nn.Module, data: Sequence[Sample], task: Task, *, generator
     was_training = model.training
     fixed = [data[i] for i in range(min(batch_size, len(data)))]
     batch = task.to_device(task.collate(fixed))
-    params = [p for p in model.parameters() if p.requires_grad]
-    out = {"hessian_max_eig": hessian_max_eigenvalue(model, batch, task, params, generator=generator),
-           "hessian_trace": hessian_trace(model, batch, task, params, generator=generator),
-           "fisher_trace": fisher_trace(model, fixed, task, params)}
-    model.train(was_training)
+    # Every floating-point parameter, whatever a defense left frozen, so figures compare across defenses.
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    frozen = [p for p in params if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        out = {"hessian_max_eig": hessian_max_eigenvalue(model, batch, task, params, generator=generator),
+               "hessian_trace": hessian_trace(model, batch, task, params, generator=generator),
+               "fisher_trace": fisher_trace(model, fixed, task, params)}
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+        model.train(was_training)
     return out
