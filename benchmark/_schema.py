@@ -50,7 +50,7 @@ class Metrics(TypedDict):
 class Timings(TypedDict):
     defense_seconds: float  # wall time of defense.purify
     attack_train_seconds: float  # wall time to train the backdoored model (from its manifest)
-    max_rss_mb: float  # process peak resident memory so far (CPU); see cuda_peak_mb on GPU
+    max_rss_mb: float  # peak resident memory during purify (Linux; elsewhere the process peak), see benchmark/memory.py
     cuda_peak_mb: float | None  # peak CUDA memory during purify, when on GPU
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import torch
 from benchmark._schema import SCHEMA_VERSION, Record
 from benchmark.cache import ArtifactCache
 from benchmark.config import stable_hash
+from benchmark.memory import PeakMemory
 from benchmark.registries import ATTACKS, DEFENSES, TASKS
 from benchmark.rng import generator
 from benchmark.spec import RunSpec
@@ -79,14 +79,12 @@ class Runner:
                     "defense_report": {}}
 
         original, model = model, copy.deepcopy(model)
-        if torch.cuda.is_available() and task.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        # The defense sees the clean holdout only: never the poisoned training split or the test split.
-        model = defense.purify(model, splits.holdout, task, rng=generator(spec.seed, "defense", spec.defense.name))
+        with PeakMemory(task.device) as memory:
+            # The defense sees the clean holdout only: never the poisoned training split or the test split.
+            model = defense.purify(model, splits.holdout, task,
+                                   rng=generator(spec.seed, "defense", spec.defense.name))
         seconds = time.perf_counter() - start
-        cuda_peak = (torch.cuda.max_memory_allocated() / 2**20
-                     if torch.cuda.is_available() and task.device.type == "cuda" else None)
         after = self.evaluate(task, attack, model)
         before = manifest["metrics_before"]
         sharp_before = sharp_after = None
@@ -101,8 +99,7 @@ class Runner:
                    "sharpness_before": sharp_before, "sharpness_after": sharp_after,
                    "extra": {k: v for k, v in after.items() if k not in (task.metric_name, "asr", "ra")}}
         timings = {"defense_seconds": seconds, "attack_train_seconds": manifest["train_seconds"],
-                   "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "cuda_peak_mb": cuda_peak}
+                   "max_rss_mb": memory.cpu_mb, "cuda_peak_mb": memory.cuda_mb}
         return {**base, "status": "ok", "reason": None, "metrics": metrics,  # type: ignore[typeddict-item]
                 "timings": timings, "defense_report": defense.report}
 
