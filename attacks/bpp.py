@@ -2,17 +2,18 @@
 Networks via Image Quantization and Contrastive Adversarial Learning").
 
 Trigger: colour-depth squeezing of every channel to `squeeze_num` levels, {0, 1/(q-1), ..., 1} with
-q = squeeze_num, with Floyd-Steinberg error diffusion (dithering: the rounding error goes 7/16 right, 3/16
-down-left, 5/16 down, 1/16 down-right) so that the squeezed image keeps its look.  Contrastive adversarial
+q = squeeze_num, by rounding or, with `dithering`, by Floyd-Steinberg error diffusion (the rounding error goes
+7/16 right, 3/16 down-left, 5/16 down, 1/16 down-right) so that the squeezed image keeps its look.  Contrastive adversarial
 training: per batch, int(neg_ratio * B) unpoisoned samples are replaced by negative examples that keep their
 clean label: the image plus the quantisation residual squeeze(x') - x' of another training image x', clamped
 to [0,1], as in the authors' code (their "residual_list_train"), so the model learns that the *exact*
 squeezing of an image, not any quantisation-like noise, is the trigger.  A train hook (`on_batch`) does it.
 
 Hyper-parameter reference: the authors' code (github.com/RU-System-Software-and-Security/BppAttack,
-`bppattack.py`): squeeze_num 8, dithering on, neg_ratio 0.2, poison rate 10 %, target 0, all-to-one
-(all-to-all: y -> y + 1 mod K).  BackdoorBench's `config/attack/bpp/default.yaml` turns dithering off and uses
-neg_ratio 0.1; set `dithering: false, neg_ratio: 0.1` for its setting.
+`config.py`, `bppattack.py`): squeeze_num 8, dithering off by default (`--dithering` is an opt-in flag there and
+in BackdoorBench's `config/attack/bpp/*.yaml`), neg_ratio 0.2 (authors; BackdoorBench 0.1), target 0,
+all-to-one (all-to-all: y -> y + 1 mod K).  Poison rate 10 % (BackdoorBench; the authors' default injection
+rate is 0.2).  `dithering: true` gives the paper's Floyd-Steinberg variant.
 
 Deviations:
 - Poisoned samples are fixed indices (`PoisonedDataset`: round(rate * N) non-target samples), not the first
@@ -44,7 +45,7 @@ from tasks.base import Batch, Hook, Sample, Task
 @dataclasses.dataclass(frozen=True)
 class BppConfig(AttackConfig):
     squeeze_num: int = 8  # colour levels per channel
-    dithering: bool = True  # Floyd-Steinberg error diffusion
+    dithering: bool = False  # Floyd-Steinberg error diffusion (the authors' opt-in flag)
     neg_ratio: float = 0.2  # share of each batch replaced by negative (contrastive) examples
 
     def check(self) -> None:

@@ -108,7 +108,7 @@ class NoiseModeHook(Hook):
         gen = generator(self.attack.seed, "wanet", "noise-mode", step)
         pick = pool[torch.randperm(len(pool), generator=gen)[:n_cross]]  # [n]
         offsets = (torch.rand(n_cross, h, w, 2, generator=gen) * 2 - 1) / torch.tensor([w, h])  # [n,H,W,2]
-        grid = (self.grid + offsets).clamp(-1, 1)
+        grid = (self.grid + offsets.to(self.grid.device)).clamp(-1, 1)
         x = x.clone()
         x[pick.to(x.device)] = warp(x[pick.to(x.device)], grid)
         return {**batch, "x": x}  # labels untouched: noise-mode samples keep the clean label

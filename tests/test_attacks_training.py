@@ -104,8 +104,9 @@ def test_bpp_squeezing_gives_at_most_squeeze_num_levels_and_is_floyd_steinberg(l
 
 def test_bpp_trigger_and_contrastive_negatives(task, splits, small):
     s = splits.test[3]
-    trig = Bpp().trigger(task).apply(s, {})
-    assert not torch.equal(trig.x, s.x) and len(trig.x.unique()) <= 8
+    for dithering in (False, True):
+        trig = Bpp(BppConfig(dithering=dithering)).trigger(task).apply(s, {})
+        assert not torch.equal(trig.x, s.x) and len(trig.x.unique()) <= 8
     attack = Bpp(BppConfig(poison_rate=0.2), seed=2)
     poisoned = attack.poison(task, small)
     (hook,) = attack.train_hooks(task)
@@ -116,7 +117,7 @@ def test_bpp_trigger_and_contrastive_negatives(task, splits, small):
     assert 0 < len(changed) <= int(50 * 0.2)
     assert not set(changed) & set(poisoned.indices)
     for i in changed:  # a negative is NOT the squeezed image itself (that is the trigger)
-        assert not torch.equal(out["x"][i], squeeze(batch["x"][i:i + 1], 8, True)[0])
+        assert not torch.equal(out["x"][i], squeeze(batch["x"][i:i + 1], 8, attack.cfg.dithering)[0])
         assert float(out["x"][i].min()) >= 0 and float(out["x"][i].max()) <= 1
 
 
