@@ -82,6 +82,8 @@ class Hook:
     """Lightning-callback-shaped hooks into `Task.fit`.  Attacks that control training and defenses that add
     regularisers use these instead of writing their own loop.  Every method is optional."""
 
+    total_steps: int | None = None  # set by `Task.fit` before `on_fit_start`: lets a hook schedule by progress
+
     def on_fit_start(self, model: nn.Module, task: Task) -> None: ...
 
     def on_batch(self, batch: Batch, step: int) -> Batch:
@@ -199,6 +201,7 @@ class Task(abc.ABC):
         sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total) if cfg.schedule == "cosine"
                  else torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0))
         for h in hooks:
+            h.total_steps = total
             h.on_fit_start(model, self)
         step, loss_value, start = 0, math.nan, time.perf_counter()
         with progress_bar(desc, total, enabled=True) as advance:
