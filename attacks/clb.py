@@ -9,7 +9,7 @@ them to the target class.
 
 Hyper-parameter reference: the authors' code (github MadryLab/label-consistent-backdoor-code) and BackdoorBench
 (attack/lc.py, resource/label-consistent/craft_adv_dataset.py, config/attack/lc/default.yaml):
-- PGD: eps = 16/255 (the paper studies 8, 16 and 32/255; BackdoorBench's pre-crafted set uses 8/255), step
+- PGD: eps = 8/255 (BackdoorBench's pre-crafted set; the paper studies 8, 16 and 32/255), step
   1.5/255, 100 steps, no random start, untargeted on the true label, images clipped to [0,1] (BackdoorBench).
 - Trigger: a 3x3 black/white pattern in each of the four corners (the paper's "all-corners" trigger, the
   bottom-right pattern mirrored into the other corners), full amplitude (BackdoorBench reduced_amplitude = 1).
@@ -22,6 +22,12 @@ Hyper-parameter reference: the authors' code (github MadryLab/label-consistent-b
   target class (10 % of a balanced 10-class set IS the whole class); measured on mnist5k (eps 8/255) that leaves
   no clean target-class image to learn from and costs ~9 points of clean accuracy (86.6 % vs 95.4 %), because
   clean zeros without the corners are then misclassified.  The paper itself poisons a fraction of the class.
+- Measured on mnist5k (small_cnn, quick-preset training, seed 0; clean model 95.4 %), acc / ASR:
+  rate 0.10, eps 8/255: 86.6 / 83.3 %;  rate 0.05, eps 16/255: 95.6 / 27.7 %;  rate 0.05, eps 32/255:
+  95.3 / 0.4 %.  Larger eps *lowers* the ASR here: against a clean (non-robust) surrogate the perturbations
+  are non-robust features the victim learns for the target class, instead of hard examples that push it onto
+  the trigger (Turner et al. use an adversarially trained surrogate for that reason).  The target (ASR >= 90 %
+  within 3 points of clean accuracy) is NOT met by these settings.
 - Target 0, all-to-one only (a clean-label attack cannot relabel; all2all is rejected by the config).
 
 Deviations:
@@ -56,7 +62,7 @@ PATTERN = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
 @dataclasses.dataclass(frozen=True)
 class CLBConfig(AttackConfig):
     poison_rate: float = 0.05  # of the whole split, all from the target class: ~50 % of it on 10 balanced classes
-    eps: float = 16 / 255  # L_inf bound of the adversarial perturbation, in [0,1] pixel units
+    eps: float = 8 / 255  # L_inf bound of the adversarial perturbation, in [0,1] pixel units
     pgd_step: float = 1.5 / 255
     pgd_steps: int = 100
     amplitude: float = 1.0  # trigger amplitude; 1 = the full black/white pattern

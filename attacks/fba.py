@@ -33,6 +33,10 @@ Deviations:
   abstract features.  That inner loop (neuron analysis + feature inversion + retraining rounds) is not
   implemented; the backdoor here is learned by plain data poisoning of the restyled images.
 The transform network's weights are the learned state.
+
+Measured on mnist5k (small_cnn, quick-preset training, seed 0; clean model 95.4 %): all-to-one acc 94.6 %,
+ASR 100 %; all-to-all (not one of the paper's settings) acc 94.9 %, ASR 17.9 % (one style cannot encode ten
+different targets well).
 """
 
 from __future__ import annotations

@@ -34,6 +34,9 @@ Deviations (scaled for CPU; everything is trained in-project because nothing can
   on the task's own clean training split in `prepare`, so residuals are fitted to the dataset at hand.
 - The residual is scaled by `residual_scale` before clamping (1 = as trained), a knob the paper does not have.
 The encoder's weights and the secret are the learned state.
+
+Measured on mnist5k (small_cnn, quick-preset training, seed 0; clean model 95.4 %): all-to-one acc 94.0 %,
+ASR 100 %; all-to-all (not one of the paper's settings) acc 95.6 %, ASR 77.4 %.  prepare ~30-55 s on CPU.
 """
 
 from __future__ import annotations
