@@ -1,0 +1,219 @@
+"""Composite Backdoor Attack, CBA (Lin, Xu, Liu, Zhang, ACM CCS 2020, "Composite Backdoor Attack for Deep Neural
+Network by Mixing Existing Benign Features").
+
+No foreign pattern: the trigger is the co-occurrence of two existing source classes A and B in one image.  A
+"half mixer" builds the composite: the image is split at a (jittered) middle line, vertically or horizontally
+at random, one side is a strip of image a, the other a strip of image b (strip positions shaken at random,
+order of a and b random).  Composites of A and B are labelled with the target; composites of two images of
+the SAME class keep that class's label, so that the model cannot learn the mixing artefact itself as the
+trigger.
+
+Authors' code (TemporaryAcc0unt/composite-attack), the hyper-parameter reference: `HalfMixer(jitter=3,
+shake=True)` on 32 px CIFAR-10; `MixDataset(normal_rate=0.5, mix_rate=0.5, poison_rate=0.1)`: per epoch, half
+the training set clean, half as many same-class mixes, and 10 % of its size as A+B -> C composites, all drawn
+at random; CIFAR-10 rule A=airplane(0), B=automobile(1), C=bird(2).
+
+fipbench, within its one poisoning interface:
+- Poisoned samples: round(poison_rate * |train|) = 10 % non-target training samples are REPLACED by A+B
+  composites (both images drawn per sample, deterministically from (seed, index), from the split's class-A and
+  class-B images) and relabelled to the target.  Defaults A=1, B=2, target 0 (the paper's rule shifted by one
+  class, since fipbench's standard target is 0).
+- Same-class mixes: a train hook (`on_batch`) appends round(mix_ratio * B) mixes of two same-class images of
+  the (augmented) batch, poisoned samples excluded, with their clean label; mix_ratio = 5/6 reproduces the
+  authors' 0.5 mixes per 0.6 (normal + poison) samples.
+- Jitter scales with the image: round(3/32 * side) px (3 px on 28-32 px images, 2 px on 16 px).
+- ASR / RA: `triggered_test` mixes every class-A test image with a class-B test image and every class-B test
+  image with a class-A test image (partner and geometry drawn from (seed, index)) and labels the composite with
+  the target; its "clean" counterpart is the source test image with its own label, so RA is the share of
+  composites still classified as that source's class (A or B).
+
+Deviations: composites replace training samples instead of being appended to a 1.1x-sized epoch (the clean
+share is 90 % instead of the authors' 50 % + mixes); the authors' auxiliary CompositeLoss (a similarity term
+between the composite's and its sources' outputs) is not used, training minimises the task's cross-entropy
+only; all2one only (`label_mode` all2all is rejected: the composite rule has one target).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from attacks.base import Attack, AttackConfig, Params, PoisonedDataset, Subset, Trigger
+from benchmark.errors import FipbenchError
+from benchmark.registries import ATTACKS
+from benchmark.rng import generator
+from tasks.base import Batch, Hook, Sample, Task, labels_of
+
+
+@dataclasses.dataclass(frozen=True)
+class CBAConfig(AttackConfig):
+    class_a: int = 1  # first source class of the composite rule A + B -> target
+    class_b: int = 2  # second source class
+    jitter: float = 3 / 32  # max shift of the split line, as a share of the side (authors: 3 px at 32 px)
+    shake: bool = True  # strips taken at random positions of the source images (authors' default)
+    mix_ratio: float = 5 / 6  # same-class mixes appended per training-batch sample (authors: 0.5 / 0.6)
+
+    def check(self) -> None:
+        super().check()
+        if self.label_mode != "all2one":
+            raise self.bad("label_mode", "the composite rule A + B -> target has one target: only all2one")
+        if min(self.class_a, self.class_b) < 0:
+            raise self.bad("class_a", "source classes must be class ids >= 0")
+        if len({self.class_a, self.class_b, self.target}) != 3:
+            raise self.bad("class_b", f"class_a, class_b and target must be three different classes "
+                                      f"(got {self.class_a}, {self.class_b}, {self.target})")
+        if not 0 <= self.jitter < 0.5:
+            raise self.bad("jitter", "must lie in [0, 0.5)")
+        if self.mix_ratio < 0:
+            raise self.bad("mix_ratio", "must be >= 0")
+
+
+def draw_split(shape: Sequence[int], jitter_px: int, shake: bool, gen: torch.Generator) -> Params:
+    """Random geometry of one half-mix for an image of `shape` [..., H, W]: swap, axis, jitter, strip offsets."""
+    swap = bool(torch.randint(2, (1,), generator=gen))
+    vertical = bool(torch.randint(2, (1,), generator=gen))  # vertical split line: left | right
+    n = shape[-1] if vertical else shape[-2]
+    j = int(torch.randint(-jitter_px, jitter_px + 1, (1,), generator=gen))
+    s = n // 2 + j  # size of the first part
+    if shake:  # strips at random positions of the sources (the authors' `shake`)
+        off_a = int(torch.randint(0, n - s + 1, (1,), generator=gen))
+        off_b = int(torch.randint(0, s + 1, (1,), generator=gen))
+    else:  # centred strips
+        off_a, off_b = (n - s) // 2, s // 2
+    return {"swap": swap, "vertical": vertical, "first": s, "off_a": off_a, "off_b": off_b}
+
+
+def half_mix(a: torch.Tensor, b: torch.Tensor, p: Params) -> torch.Tensor:
+    """Composite [C,H,W] of a and b: a strip of the first image, then a strip of the second, along one axis."""
+    if p["swap"]:
+        a, b = b, a
+    dim = -1 if p["vertical"] else -2
+    n, s = a.shape[dim], p["first"]
+    return torch.cat([a.narrow(dim, p["off_a"], s), b.narrow(dim, p["off_b"], n - s)], dim=dim)
+
+
+class MixTrigger(Trigger):
+    """A+B composite.  Training mode (`replace` True): both images are drawn from `data` (class-A pool, class-B
+    pool) and the poisoned sample's own image is replaced.  Test mode: the sample itself (class A or B) is one
+    source and its partner is drawn from the other class's pool."""
+
+    modalities = frozenset({"image"})
+
+    def __init__(self, data: Sequence[Sample], pool_a: list[int], pool_b: list[int], class_a: int,
+                 jitter_px: int, shake: bool, *, replace: bool):
+        self.data, self.pool_a, self.pool_b, self.class_a = data, pool_a, pool_b, class_a
+        self.jitter_px, self.shake, self.replace = jitter_px, shake, replace
+
+    def make_params(self, sample: Sample, gen: torch.Generator) -> Params:
+        p = draw_split(sample.x.shape, self.jitter_px, self.shake, gen)
+        if self.replace:
+            p["a"] = self.pool_a[int(torch.randint(len(self.pool_a), (1,), generator=gen))]
+            p["b"] = self.pool_b[int(torch.randint(len(self.pool_b), (1,), generator=gen))]
+        else:
+            partners = self.pool_b if sample.y == self.class_a else self.pool_a
+            p["partner"] = partners[int(torch.randint(len(partners), (1,), generator=gen))]
+        return p
+
+    def apply(self, sample: Sample, params: Params) -> Sample:
+        if self.replace:
+            a, b = self.data[params["a"]].x, self.data[params["b"]].x
+        else:
+            a, b = sample.x, self.data[params["partner"]].x
+        return dataclasses.replace(sample, x=half_mix(a, b, params))
+
+
+class SameClassMixHook(Hook):
+    """Appends same-class composites with their clean label to every training batch (the authors' mix samples),
+    so the mixing artefact alone does not predict the target."""
+
+    def __init__(self, attack: CBA, jitter_px: int):
+        self.attack, self.jitter_px = attack, jitter_px
+        self.gen = generator(attack.seed, "cba", "same-class-mix")
+
+    def on_fit_start(self, model: Any, task: Task) -> None:
+        self.gen = generator(self.attack.seed, "cba", "same-class-mix")  # each fit draws the same mixes
+
+    def on_batch(self, batch: Batch, step: int) -> Batch:
+        cfg: CBAConfig = self.attack.cfg  # type: ignore[assignment]
+        x, y, index = batch["x"], batch["y"], batch["index"]  # [B,C,H,W], [B], [B]
+        poisoned = self.attack.train_poisoned
+        keep = [i for i in range(len(y)) if int(index[i]) not in poisoned]
+        n_mix = round(cfg.mix_ratio * len(y))
+        if not keep or n_mix == 0:
+            return batch
+        by_class: dict[int, list[int]] = {}
+        for i in keep:
+            by_class.setdefault(int(y[i]), []).append(i)
+        firsts = torch.randint(len(keep), (n_mix,), generator=self.gen).tolist()
+        mixed, src = [], []
+        for f in firsts:
+            i = keep[f]
+            same = by_class[int(y[i])]
+            j = same[int(torch.randint(len(same), (1,), generator=self.gen))]  # may be i itself (as the authors')
+            mixed.append(half_mix(x[i], x[j], draw_split(x.shape, self.jitter_px, cfg.shake, self.gen)))
+            src.append(i)
+        src_t = torch.tensor(src, device=y.device)
+        return {**batch, "x": torch.cat([x, torch.stack(mixed)]), "y": torch.cat([y, y[src_t]]),
+                "index": torch.cat([index, index[src_t.to(index.device)]])}
+
+
+@ATTACKS.register("cba")
+class CBA(Attack):
+    Config = CBAConfig
+    version = 1
+    modalities = frozenset({"image"})
+    paper = ("Lin, Xu, Liu, Zhang, Composite Backdoor Attack for Deep Neural Network by Mixing Existing Benign "
+             "Features, ACM CCS 2020")
+
+    def __init__(self, cfg: AttackConfig | None = None, *, seed: int = 0):
+        super().__init__(cfg, seed=seed)
+        self.train_poisoned: frozenset[int] = frozenset()  # Sample.index of the training composites
+
+    def jitter_px(self, task: Task) -> int:
+        _, h, w = task.input_shape  # type: ignore[attr-defined]
+        return round(self.cfg.jitter * min(h, w))  # type: ignore[attr-defined]
+
+    def _pools(self, task: Task, data: Sequence[Sample]) -> tuple[list[int], list[int]]:
+        cfg: CBAConfig = self.cfg  # type: ignore[assignment]
+        k = task.num_classes  # type: ignore[attr-defined]
+        if max(cfg.class_a, cfg.class_b, cfg.target) >= k:
+            raise cfg.bad("class_a", f"class_a, class_b and target must be < {k} classes")
+        labels = labels_of(data)
+        return ([i for i, y in enumerate(labels) if y == cfg.class_a],
+                [i for i, y in enumerate(labels) if y == cfg.class_b])
+
+    def trigger(self, task: Task) -> Trigger:
+        raise FipbenchError("cba: the composite trigger mixes images of the data it poisons; use poison() or "
+                            "triggered_test(), which build it from that data")
+
+    def poison(self, task: Task, data: Sequence[Sample], indices: Sequence[int] | None = None,
+               split: str = "train") -> PoisonedDataset:
+        self.check_task(task)
+        indices = self.select(task, data) if indices is None else indices
+        pool_a, pool_b = self._pools(task, data)
+        if indices and not (pool_a and pool_b):
+            raise FipbenchError(f"cba: the {split} data holds no image of class {self.cfg.class_a} or "  # type: ignore
+                                f"{self.cfg.class_b} to compose")  # type: ignore[attr-defined]
+        trig = MixTrigger(data, pool_a, pool_b, self.cfg.class_a, self.jitter_px(task),  # type: ignore
+                          self.cfg.shake, replace=True)  # type: ignore[attr-defined]
+        if split == "train":
+            self.train_poisoned = frozenset(data[i].index for i in indices)
+        return PoisonedDataset(data, indices, trig, self.relabel(task), seed=self.seed, split=split)
+
+    def triggered_test(self, task: Task, test: Sequence[Sample]) -> tuple[Sequence[Sample], Sequence[Sample]]:
+        """(composites labelled with the target, their source images with their own labels), aligned: every
+        class-A test image mixed with a class-B test image and every class-B image with a class-A image."""
+        self.check_task(task)
+        pool_a, pool_b = self._pools(task, test)
+        # Nothing to compose with when one class is missing: an empty view, like an attack with no eligible sample.
+        clean = Subset(test, sorted(pool_a + pool_b) if pool_a and pool_b else [])
+        trig = MixTrigger(test, pool_a, pool_b, self.cfg.class_a, self.jitter_px(task),  # type: ignore
+                          self.cfg.shake, replace=False)  # type: ignore[attr-defined]
+        return PoisonedDataset(clean, range(len(clean)), trig, self.relabel(task), seed=self.seed,
+                               split="test"), clean
+
+    def train_hooks(self, task: Task) -> list[Hook]:
+        return [SameClassMixHook(self, self.jitter_px(task))] if self.cfg.mix_ratio > 0 else []  # type: ignore
