@@ -175,7 +175,7 @@ def test_input_aware_trigger_is_sample_specific_and_cross_samples_keep_clean_lab
 # -- LIRA -----------------------------------------------------------------------------------------------------
 def test_lira_perturbation_respects_eps_and_generator_trains_only_in_stage_one(task, splits, small):
     eps = 0.02
-    attack = Lira(LiraConfig(eps=eps, stage1_epochs=1), seed=0)
+    attack = Lira(LiraConfig(eps=eps, stage1_fraction=1.0), seed=0)
     attack.prepare(task, small, generator=generator(0, "prep"))
     init = {k: v.clone() for k, v in attack.state_dict().items()}
     fit_briefly(task, attack, small, steps=4)
@@ -194,8 +194,19 @@ def test_lira_perturbation_respects_eps_and_generator_trains_only_in_stage_one(t
     assert out["x"].shape[0] == 64 and torch.equal(out["y"][32:], torch.zeros(32, dtype=torch.int64))
     assert (out["x"][32:] - batch["x"]).abs().max() <= eps + 1e-6
 
-    frozen = Lira(LiraConfig(eps=eps, stage1_epochs=0), seed=0)
+    frozen = Lira(LiraConfig(eps=eps, stage1_fraction=0.0), seed=0)
     frozen.prepare(task, small, generator=generator(0, "prep"))
     start = {k: v.clone() for k, v in frozen.state_dict().items()}
     fit_briefly(task, frozen, small, steps=3)
     assert all(torch.equal(start[k], v) for k, v in frozen.state_dict().items())  # stage II: T fixed
+
+
+def test_lira_stage_one_is_a_fraction_of_the_run(task, small):
+    attack = Lira(LiraConfig(stage1_fraction=0.5), seed=0)
+    attack.prepare(task, small, generator=generator(0, "prep"))
+    (hook,) = attack.train_hooks(task)
+    model = task.build_model("small_cnn", generator(0, "init"))
+    task.fit(model, attack.poison(task, small), FitConfig(steps=6, batch_size=32, lr=0.05), hooks=[hook],
+             generator=generator(0, "fit"))
+    assert hook.total_steps == 6 and hook.stage1_steps == 3
+    assert hook.in_stage1(2) and not hook.in_stage1(3)
