@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from attacks._c_nets import seeded
 from attacks.base import Subset
-from attacks.clb import CLB, CLBConfig, corner_trigger, pgd
+from attacks.clb import CLB, AdversarialTraining, CLBConfig, corner_trigger, pgd
 from attacks.fba import FBA, FBAConfig, RandomFeatures, gram, style_image
 from attacks.issba import ISSBA, SSBA, ISSBAConfig
 from benchmark.errors import FipbenchError
@@ -30,7 +30,7 @@ def images(data, n=64):
 # -- CLB ------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def clb(task, train):
-    attack = CLB(CLBConfig(eps=8 / 255, pgd_steps=10, surrogate_epochs=1, poison_rate=0.05), seed=0)
+    attack = CLB(CLBConfig(eps=8 / 255, pgd_steps=10, surrogate_epochs=1, adv_steps=1, poison_rate=0.05), seed=0)
     attack.prepare(task, train, generator=generator(0, "clb-test"))
     return attack
 
@@ -86,6 +86,25 @@ def test_clb_state_round_trip_rebuilds_the_poisoned_set_exactly(task, train, clb
         CLB(clb.cfg, seed=0).poison(task, train)[a.indices[0]]  # no state: refuses to invent one
     with pytest.raises(FipbenchError, match="all2one"):
         CLBConfig(label_mode="all2all")
+
+
+def test_clb_adversarial_training_hook_trains_on_pgd_examples_within_eps(task, train):
+    # The surrogate's Madry-style training: each batch is replaced by PGD examples of the current model, inside the
+    # eps-ball and [0,1], harder than the clean batch; crafting runs in eval mode and leaves BatchNorm untouched.
+    model = task.build_model("small_cnn", generator(0, "clb-hook"))
+    hook = AdversarialTraining(0.2, 0.1, 3, generator(0, "clb-hook-start"))
+    hook.on_fit_start(model, task)
+    model.train()
+    batch = task.collate([train[i] for i in range(32)])
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    adv = hook.on_batch(batch, 0)
+    assert model.training and all(torch.equal(v, model.state_dict()[k]) for k, v in stats.items())
+    x, xa = batch["x"], adv["x"]
+    assert torch.equal(adv["y"], batch["y"]) and xa.shape == x.shape
+    assert float((xa - x).abs().max()) <= 0.2 + 1e-6 and 0 <= float(xa.min()) and float(xa.max()) <= 1
+    model.eval()
+    with torch.no_grad():
+        assert F.cross_entropy(model(xa), batch["y"]) > F.cross_entropy(model(x), batch["y"])
 
 
 # -- ISSBA ----------------------------------------------------------------------------------------------------
