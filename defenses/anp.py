@@ -136,6 +136,7 @@ class ANP(Defense):
         self.report = {"tuned_params": count_tuned(params), "steps": result.steps, "fit_seconds": result.seconds,
                        "neurons": len(values), "pruned_neurons": len(chosen), "prune_by": cfg.prune_by,
                        "amount": amount, "select": cfg.select, "selection_trace": trace,
+                       "below_paper_threshold_0.2": sum(v < 0.2 for _, _, v in values),
                        "mask_quantiles": _quantiles([v for _, _, v in values])}
         return model
 
