@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -256,3 +257,14 @@ def test_cli_validate_exit_codes(tmp_path, capsys):
 def test_cli_validate_quick_preset(capsys):
     assert main(["validate", "quick"]) == 0
     assert "ok" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").rglob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_validates(path):
+    """Every matrix under configs/ (presets and paper matrices) names real components with valid configs."""
+    from benchmark.spec import load_matrix, validate
+
+    matrix = load_matrix(path)
+    validate(matrix)
+    assert matrix.cells
