@@ -120,12 +120,12 @@ def test_nad_attention_loss_zero_for_identical_models_and_positive_otherwise(tas
     teacher = copy.deepcopy(backdoored_model)
     hook = AttentionDistillation(backdoored_model, teacher, names, [1000.0, 1000.0], 2.0)
     loss = backdoored_model(x).sum() * 0
-    assert float(hook.on_loss(backdoored_model, {"x": x}, loss, 0)) == 0.0
+    assert float(hook.on_loss(backdoored_model, {"x": x}, loss, 0).detach()) == 0.0
     with torch.no_grad():
         for p in teacher.parameters():
             p.add_(0.05 * torch.randn(p.shape, generator=generator(0, "noise")))
     backdoored_model(x)
-    assert float(hook.on_loss(backdoored_model, {"x": x}, loss, 0)) > 0.0
+    assert float(hook.on_loss(backdoored_model, {"x": x}, loss, 0).detach()) > 0.0
     hook.on_fit_end(backdoored_model)
 
 
