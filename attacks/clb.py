@@ -179,17 +179,10 @@ class AdversarialTraining(Hook):
 def robust_surrogate(task: Task, train: Sequence[Sample], cfg: CLBConfig, gen: torch.Generator) -> torch.nn.Module:
     """A `cfg.surrogate_arch` model adversarially trained on the clean split (clean training when adv_eps = 0);
     returned in eval mode with parameter gradients off."""
-    fit = FitConfig(epochs=cfg.surrogate_epochs, batch_size=64, lr=0.05)
-    if cfg.adv_eps == 0:
-        return train_surrogate(task, train, generator=gen, arch=cfg.surrogate_arch, fit=fit)
-    model = task.build_model(cfg.surrogate_arch, child(gen, "surrogate-init"))
-    hook = AdversarialTraining(cfg.adv_eps, cfg.adv_step, cfg.adv_steps, child(gen, "pgd-start"))
-    task.fit(model, train, fit, hooks=[hook], generator=child(gen, "surrogate-fit"),
-             desc=f"robust surrogate {cfg.surrogate_arch}")
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
+    hooks = [AdversarialTraining(cfg.adv_eps, cfg.adv_step, cfg.adv_steps, child(gen, "pgd-start"))] \
+        if cfg.adv_eps > 0 else []
+    return train_surrogate(task, train, generator=gen, arch=cfg.surrogate_arch,
+                           fit=FitConfig(epochs=cfg.surrogate_epochs, batch_size=64, lr=0.05), hooks=hooks)
 
 
 @ATTACKS.register("clb")
