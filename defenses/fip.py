@@ -41,6 +41,12 @@ where FT does not, at 5-6.5 points of clean accuracy.  The default is NOT moved 
 test-set figures, and picking the default from them is the test-set selection fipbench refuses.  Larger η_r
 trades back: lr 0.02 with η_r = 30 / 100 gives BadNets 93.3/60.9 and 93.1/87.3.
 
+Fast FIP on the same BadNets model (probe runs, 600 steps, cosine): with Adam (default; lr 0.01-0.05, η_F up to
+500) or SGD (lr 0.1-0.5, η_F 0.5) ASR stays 100 %: in δ-space ‖∇_δ ℓ‖² is tiny next to the task loss, and Adam
+normalises its gradient away.  With SGD lr 0.02 (momentum 0.95) the term is inert at η_F = 5 and 15 (95.4/100,
+95.3/100) and destabilises the model at η_F = 50 (67.6/0.0) and 500 (12.1/0.0): no smooth regime in between was
+found, again pointing at instability rather than smoothing as what removes the backdoor here.
+
 Hyper-parameters follow the authors' released CIFAR-10 script where it states them (SGD lr 0.005, momentum
 0.95, trace term every 5 steps, η_F = 0.5, training augmentation on the holdout).  Their retention weight (5)
 multiplies a raw squared-gradient Fisher whose scale depends on the model; fipbench divides F̄ by its largest
