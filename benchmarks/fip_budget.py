@@ -7,7 +7,7 @@ backdoored models, so that the default can be judged and a user can see the trad
 tuning loop: nothing here changes fipbench's defaults, and choosing a default from these test-set figures would be
 the test-set selection fipbench refuses elsewhere (see defenses/fip.py).
 
-    .venv/bin/python benchmarks/fip_budget.py --threads 2        # ~15 min on 2 CPU cores
+    .venv/bin/python benchmarks/fip_budget.py --threads 2 --seeds 0 1   # ~30 min on 2 CPU cores
 
 Writes results/fip_budget.{md,json}; the cells' records go to results/fip_budget/ (away from the leaderboard).
 """
@@ -43,7 +43,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--holdout-fraction", type=float, default=0.05)
     p.add_argument("--train", default='{"epochs": 10, "batch_size": 64, "lr": 0.05}',
                    help="backdoor-training config as JSON (default: the quick preset's, so its artifacts are reused)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="*", default=[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int)
     p.add_argument("--data-root", type=Path)
@@ -54,29 +54,32 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def cells(args: argparse.Namespace) -> list[tuple[str, RunSpec]]:
     out = []
-    for attack in args.attacks:
-        for label, fit in BUDGETS:
-            for defense in args.defenses:
-                config = {"fit": fit} if fit else {}
-                out.append((label, RunSpec(
-                    task="image_classification", dataset=args.dataset, model=args.model,
-                    attack=Component(attack, attack, {}), defense=Component(defense, defense, config), seed=args.seed,
-                    task_config={"holdout_fraction": args.holdout_fraction}, train=json.loads(args.train))))
+    for seed in args.seeds:
+        for attack in args.attacks:
+            for label, fit in BUDGETS:
+                for defense in args.defenses:
+                    config = {"fit": fit} if fit else {}
+                    out.append((label, RunSpec(
+                        task="image_classification", dataset=args.dataset, model=args.model,
+                        attack=Component(attack, attack, {}), defense=Component(defense, defense, config), seed=seed,
+                        task_config={"holdout_fraction": args.holdout_fraction}, train=json.loads(args.train))))
     return out
 
 
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    lines = [f"# FIP vs vanilla FT across optimisation budgets: {args.dataset} / {args.model} (seed {args.seed})", "",
+    seeds = ", ".join(map(str, args.seeds))
+    lines = [f"# FIP vs vanilla FT across optimisation budgets: {args.dataset} / {args.model} (seeds {seeds})", "",
              "Produced by `python benchmarks/fip_budget.py " + " ".join(sys.argv[1:]) + "`. SGD, momentum 0.95, no "
              "weight decay, batches of 64 from the clean holdout in every row; FIP with its default η_F = 0.5, "
              "η_r = 1, trace term every 5 steps. Clean accuracy and ASR on the test split, which nothing here tunes on.",
-             "", "| attack | budget | defense | clean acc % | ASR % | DER % | wall s |", "|---|---|---|---:|---:|---:|---:|"]
+             "", "| seed | attack | budget | defense | clean acc % | ASR % | DER % | wall s |",
+             "|---:|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['attack']} | {r['budget']} | {r['defense']} | {100 * r['acc']:.1f} | {100 * r['asr']:.1f} | "
+        lines.append(f"| {r['seed']} | {r['attack']} | {r['budget']} | {r['defense']} | {100 * r['acc']:.1f} | {100 * r['asr']:.1f} | "
                      f"{100 * r['der']:.1f} | {r['seconds']:.0f} |")
-    befores = {(r["attack"], r["acc_before"], r["asr_before"]) for r in rows}
-    lines += [""] + [f"Backdoored model ({a}): clean acc {100 * acc:.1f} %, ASR {100 * asr:.1f} %."
-                     for a, acc, asr in sorted(befores)]
+    befores = {(r["seed"], r["attack"], r["acc_before"], r["asr_before"]) for r in rows}
+    lines += [""] + [f"Backdoored model ({a}, seed {seed}): clean acc {100 * acc:.1f} %, ASR {100 * asr:.1f} %."
+                     for seed, a, acc, asr in sorted(befores)]
     return "\n".join(lines) + "\n"
 
 
@@ -99,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for (label, spec), rec in zip(labelled, records):
         m = rec["metrics"]
-        rows.append({"attack": spec.attack.label, "budget": label, "defense": spec.defense.label,
+        rows.append({"seed": spec.seed, "attack": spec.attack.label, "budget": label, "defense": spec.defense.label,
                      "fit": rec["config"]["defense"]["config"]["fit"], "acc": m["clean"], "asr": m["asr"],
                      "der": m["der"], "seconds": rec["timings"]["defense_seconds"],
                      "acc_before": m["clean_before"], "asr_before": m["asr_before"]})

@@ -19,18 +19,19 @@ def _load(name: str):
 
 def test_fip_budget_plan_pairs_ft_and_fip_at_every_budget():
     mod = _load("fip_budget")
-    args = mod.parse([])
+    args = mod.parse(["--seeds", "0", "1"])
     plan = mod.cells(args)
-    assert len(plan) == len(args.attacks) * len(mod.BUDGETS) * len(args.defenses)
+    assert len(plan) == len(args.seeds) * len(args.attacks) * len(mod.BUDGETS) * len(args.defenses)
     fits = {}
     for label, spec in plan:
         fit = spec.resolved()["defense"]["config"]["fit"]  # validates every config on the way
-        fits.setdefault(label, set()).add((spec.attack.name, spec.defense.name, tuple(sorted(fit.items()))))
+        fits.setdefault(label, set()).add((spec.seed, spec.attack.name, spec.defense.name,
+                                           tuple(sorted(fit.items()))))
     for label, cells in fits.items():
         # FT and FIP get the identical fit budget within a row, so the comparison is like for like.
         by_attack: dict[str, set] = {}
-        for attack, _, fit in cells:
-            by_attack.setdefault(attack, set()).add(fit)
+        for seed, attack, _, fit in cells:
+            by_attack.setdefault((seed, attack), set()).add(fit)
         assert all(len(v) == 1 for v in by_attack.values()), label
     default = plan[0][1].resolved()["defense"]["config"]["fit"]
     assert FitConfig.from_dict(default, "fit") == FitConfig.from_dict(
