@@ -15,16 +15,10 @@ Writes results/fip_budget.{md,json}; the cells' records go to results/fip_budget
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmark._io import atomic_write_bytes  # noqa: E402
-from benchmark.errors import FipbenchError  # noqa: E402
-from benchmark.spec import Component, RunSpec  # noqa: E402
+import _common  # a sibling file (the scripts run as files); it puts the repository on sys.path
+from benchmark.spec import RunSpec
 
 # (label, fit overrides) applied to both FT and FIP; the first is fipbench's default (TuningConfig.fit).
 BUDGETS: list[tuple[str, dict]] = [
@@ -36,19 +30,10 @@ BUDGETS: list[tuple[str, dict]] = [
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="mnist5k")
-    p.add_argument("--model", default="small_cnn")
+    _common.add_model_args(p)
     p.add_argument("--attacks", nargs="*", default=["badnets", "blend"])
     p.add_argument("--defenses", nargs="*", default=["finetune", "fip"])
-    p.add_argument("--holdout-fraction", type=float, default=0.05)
-    p.add_argument("--train", default='{"epochs": 10, "batch_size": 64, "lr": 0.05}',
-                   help="backdoor-training config as JSON (default: the quick preset's, so its artifacts are reused)")
     p.add_argument("--seeds", type=int, nargs="*", default=[0])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--data-root", type=Path)
-    p.add_argument("--cache", type=Path, default=REPO / ".fipbench" / "artifacts")
-    p.add_argument("--out", type=Path, default=REPO / "results")
     return p.parse_args(argv)
 
 
@@ -58,11 +43,7 @@ def cells(args: argparse.Namespace) -> list[tuple[str, RunSpec]]:
         for attack in args.attacks:
             for label, fit in BUDGETS:
                 for defense in args.defenses:
-                    config = {"fit": fit} if fit else {}
-                    out.append((label, RunSpec(
-                        task="image_classification", dataset=args.dataset, model=args.model,
-                        attack=Component(attack, attack, {}), defense=Component(defense, defense, config), seed=seed,
-                        task_config={"holdout_fraction": args.holdout_fraction}, train=json.loads(args.train))))
+                    out.append((label, _common.spec(args, attack, defense, {"fit": fit} if fit else {}, seed)))
     return out
 
 
@@ -71,12 +52,13 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [f"# FIP vs vanilla FT across optimisation budgets: {args.dataset} / {args.model} (seeds {seeds})", "",
              "Produced by `python benchmarks/fip_budget.py " + " ".join(sys.argv[1:]) + "`. SGD, momentum 0.95, no "
              "weight decay, batches of 64 from the clean holdout in every row; FIP with its default η_F = 0.5, "
-             "η_r = 1, trace term every 5 steps. Clean accuracy and ASR on the test split, which nothing here tunes on.",
+             "η_r = 1, trace term every 5 steps. Clean accuracy and ASR on the test split, which nothing here "
+             "tunes on.",
              "", "| seed | attack | budget | defense | clean acc % | ASR % | DER % | wall s |",
              "|---:|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r['seed']} | {r['attack']} | {r['budget']} | {r['defense']} | {100 * r['acc']:.1f} | {100 * r['asr']:.1f} | "
-                     f"{100 * r['der']:.1f} | {r['seconds']:.0f} |")
+        lines.append(f"| {r['seed']} | {r['attack']} | {r['budget']} | {r['defense']} | {100 * r['acc']:.1f} | "
+                     f"{100 * r['asr']:.1f} | {100 * r['der']:.1f} | {r['seconds']:.0f} |")
     befores = {(r["seed"], r["attack"], r["acc_before"], r["asr_before"]) for r in rows}
     lines += [""] + [f"Backdoored model ({a}, seed {seed}): clean acc {100 * acc:.1f} %, ASR {100 * asr:.1f} %."
                      for seed, a, acc, asr in sorted(befores)]
@@ -85,19 +67,10 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    import torch
-
-    from benchmark.runner import Runner
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
     labelled = cells(args)
-    try:
-        runner = Runner(args.out / "fip_budget", args.cache, data_root=args.data_root, device=args.device,
-                        sharpness=False)
-        records = runner.run([spec for _, spec in labelled])  # finished cells are reused: the script resumes
-    except FipbenchError as err:
-        print(f"fip_budget: error: {err}", file=sys.stderr)
+    # Finished cells are reused (no force): the script resumes.
+    records = _common.run(args, lambda: [spec for _, spec in labelled], "fip_budget", force=False)
+    if records is None:
         return 2
     rows = []
     for (label, spec), rec in zip(labelled, records):
@@ -106,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                      "fit": rec["config"]["defense"]["config"]["fit"], "acc": m["clean"], "asr": m["asr"],
                      "der": m["der"], "seconds": rec["timings"]["defense_seconds"],
                      "acc_before": m["clean_before"], "asr_before": m["asr_before"]})
-    text = markdown(rows, args)
-    print(text)
-    atomic_write_bytes(args.out / "fip_budget.md", text.encode())
-    atomic_write_bytes(args.out / "fip_budget.json", json.dumps({"args": {k: str(v) for k, v in vars(args).items()},
-                                                                "rows": rows}, indent=1).encode())
+    _common.write(args, "fip_budget", markdown(rows, args), rows)
     return 0
 
 

@@ -17,17 +17,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from benchmark._io import atomic_write_bytes  # noqa: E402
-from benchmark.errors import FipbenchError  # noqa: E402
-from benchmark.registries import DEFENSES  # noqa: E402
-from benchmark.spec import Component, RunSpec  # noqa: E402
+import _common  # a sibling file (the scripts run as files); it puts the repository on sys.path
+from benchmark.registries import DEFENSES
+from benchmark.spec import RunSpec
 
 # (slower, faster, target factor, what the issue asks)
 TARGETS = [("fip", "finetune", 2.0, "FIP ≤ 2× vanilla FT wall time per step"),
@@ -39,20 +33,11 @@ TARGETS = [("fip", "finetune", 2.0, "FIP ≤ 2× vanilla FT wall time per step")
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset", default="mnist5k")
-    p.add_argument("--model", default="small_cnn")
+    _common.add_model_args(p)
     p.add_argument("--attack", default="badnets")
     p.add_argument("--defenses", nargs="*", help="default: every registered defense")
     p.add_argument("--steps", type=int, default=300, help="step budget of every tuning defense (default 300)")
-    p.add_argument("--holdout-fraction", type=float, default=0.05)
-    p.add_argument("--train", default='{"epochs": 10, "batch_size": 64, "lr": 0.05}',
-                   help="backdoor-training config as JSON (default: the quick preset's)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--data-root", type=Path)
-    p.add_argument("--cache", type=Path, default=REPO / ".fipbench" / "artifacts")
-    p.add_argument("--out", type=Path, default=REPO / "results", help="writes purification.{md,json} here")
     return p.parse_args(argv)
 
 
@@ -62,10 +47,7 @@ def cells(args: argparse.Namespace) -> list[RunSpec]:
         cls = DEFENSES.get(name)
         fields = {f.name for f in dataclasses.fields(cls.Config)}
         config = {"fit": {"steps": args.steps}} if "fit" in fields else {}
-        out.append(RunSpec(task="image_classification", dataset=args.dataset, model=args.model,
-                           attack=Component(args.attack, args.attack, {}), defense=Component(name, name, config),
-                           seed=args.seed, task_config={"holdout_fraction": args.holdout_fraction},
-                           train=json.loads(args.train)))
+        out.append(_common.spec(args, args.attack, name, config, args.seed))
     return out
 
 
@@ -136,27 +118,12 @@ def target_lines(rows: list[dict]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    import torch
-
-    from benchmark.runner import Runner
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        specs = cells(args)
-        # force: every timing comes from this one run; sharpness off: it is not part of the defense's cost.
-        runner = Runner(args.out / "purification", args.cache, data_root=args.data_root, device=args.device,
-                        force=True, sharpness=False)
-        records = runner.run(specs)
-    except FipbenchError as err:
-        print(f"purification: error: {err}", file=sys.stderr)
+    # force: every timing comes from this one run.
+    records = _common.run(args, lambda: cells(args), "purification", force=True)
+    if records is None:
         return 2
     rows = table(records)
-    text = markdown(rows, args, args.device)
-    print(text)
-    atomic_write_bytes(args.out / "purification.md", text.encode())
-    atomic_write_bytes(args.out / "purification.json", json.dumps(
-        {"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows}, indent=1).encode())
+    _common.write(args, "purification", markdown(rows, args, args.device), rows)
     return 0
 
 

@@ -10,37 +10,34 @@ from tasks.base import FitConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
+def _load(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a file: its siblings import
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
 
-def test_fip_budget_plan_pairs_ft_and_fip_at_every_budget():
-    mod = _load("fip_budget")
+def test_fip_budget_plan_pairs_ft_and_fip_at_every_budget(monkeypatch):
+    mod = _load("fip_budget", monkeypatch)
     args = mod.parse(["--seeds", "0", "1"])
     plan = mod.cells(args)
     assert len(plan) == len(args.seeds) * len(args.attacks) * len(mod.BUDGETS) * len(args.defenses)
-    fits = {}
+    # FT and FIP get the identical fit budget within a row (seed, attack, budget), so the comparison is like
+    # for like.
+    budgets: dict[tuple, set] = {}
     for label, spec in plan:
         fit = spec.resolved()["defense"]["config"]["fit"]  # validates every config on the way
-        fits.setdefault(label, set()).add((spec.seed, spec.attack.name, spec.defense.name,
-                                           tuple(sorted(fit.items()))))
-    for label, cells in fits.items():
-        # FT and FIP get the identical fit budget within a row, so the comparison is like for like.
-        by_attack: dict[str, set] = {}
-        for seed, attack, _, fit in cells:
-            by_attack.setdefault((seed, attack), set()).add(fit)
-        assert all(len(v) == 1 for v in by_attack.values()), label
+        budgets.setdefault((spec.seed, spec.attack.name, label), set()).add(tuple(sorted(fit.items())))
+    assert all(len(fits) == 1 for fits in budgets.values()), budgets
     default = plan[0][1].resolved()["defense"]["config"]["fit"]
     assert FitConfig.from_dict(default, "fit") == FitConfig.from_dict(
         {"epochs": 1, "steps": 300, "batch_size": 64, "lr": 0.005, "momentum": 0.95, "weight_decay": 0.0,
          "schedule": "constant"}, "fit")
 
 
-def test_purification_plan_gives_tuning_defenses_the_same_steps():
-    mod = _load("purification")
+def test_purification_plan_gives_tuning_defenses_the_same_steps(monkeypatch):
+    mod = _load("purification", monkeypatch)
     args = mod.parse(["--steps", "7", "--defenses", "finetune", "fip", "clp"])
     specs = {s.defense.name: s.resolved()["defense"]["config"] for s in mod.cells(args)}
     assert specs["finetune"]["fit"]["steps"] == specs["fip"]["fit"]["steps"] == 7
