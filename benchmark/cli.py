@@ -68,7 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("--arch", help="model architecture of a weights file (artifacts know their own)")
     sh.add_argument("--data-root", type=Path, default=os.environ.get("FIPBENCH_DATA"))
     sh.add_argument("--split", choices=["holdout", "test"], default="holdout", help="where the clean batch comes from")
-    sh.add_argument("--batch-size", type=int, default=128)
+    sh.add_argument("--batch-size", type=int, default=None,
+                    help="clean samples in the fixed batch (default: the task's own; 128 for images)")
     sh.add_argument("--seed", type=int, default=0, help="seed of the power-iteration and Hutchinson probes")
     return p
 
@@ -169,8 +170,9 @@ def _sharpness(args: argparse.Namespace) -> int:
     model = task.build_model(arch)
     load_weights(model, weights)
     data = getattr(task.splits(), args.split)
-    out = sharpness(model, data, task, generator=generator(args.seed, "sharpness"), batch_size=args.batch_size)
-    print(f"{task_name}/{dataset}/{arch} on {min(args.batch_size, len(data))} {args.split} samples:")
+    batch_size = args.batch_size or task.sharpness_batch
+    out = sharpness(model, data, task, generator=generator(args.seed, "sharpness"), batch_size=batch_size)
+    print(f"{task_name}/{dataset}/{arch} on {min(batch_size, len(data))} {args.split} samples:")
     for key, value in out.items():
         print(f"  {key:16s} {value:12.4f}")
     return 0

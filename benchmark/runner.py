@@ -122,7 +122,8 @@ class Runner:
     def measure_sharpness(self, task: Task, model: torch.nn.Module, seed: int) -> dict[str, float]:
         from defenses.fisher import sharpness
 
-        return sharpness(model, task.splits().holdout, task, generator=generator(seed, "sharpness"))
+        return sharpness(model, task.splits().holdout, task, generator=generator(seed, "sharpness"),
+                         batch_size=task.sharpness_batch)
 
     def artifact(self, spec: RunSpec, task: Task, attack: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The backdoored model for this spec: from the cache, or trained now and cached."""

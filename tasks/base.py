@@ -123,6 +123,9 @@ class Task(abc.ABC):
     version: ClassVar[int] = 1
     Config: ClassVar[type[TaskConfig]] = TaskConfig
     metric_name: ClassVar[str]  # the clean metric's key in `metrics()`, e.g. "acc", "map50", "bleu"
+    # Clean samples in the fixed batch of the sharpness figures (Hessian power iteration, Hutchinson trace):
+    # tasks whose per-sample loss is costly (detection: a detector forward per image) use fewer.
+    sharpness_batch: ClassVar[int] = 128
 
     def __init__(self, dataset: str, cfg: TaskConfig | None = None, *, data_root: Path | None = None,
                  device: str | torch.device = "cpu"):

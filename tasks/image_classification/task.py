@@ -48,6 +48,9 @@ class ImageClassificationTask(Task):
     @functools.cached_property
     def data(self) -> ImageData:
         loader = DATASETS.get(self.dataset, where="task image_classification")
+        if getattr(loader, "task", "image_classification") != "image_classification":
+            raise FipbenchError(f"dataset {self.dataset!r} belongs to task {loader.task!r}, not "
+                                f"image_classification; pick one listed by `fipbench ls datasets`")
         return loader(self.data_root, split_seed=self.cfg.split_seed)
 
     @property
@@ -73,6 +76,9 @@ class ImageClassificationTask(Task):
 
     def build_model(self, arch: str, generator: torch.Generator | None = None) -> nn.Module:
         builder = MODELS.get(arch, where="task image_classification")
+        if getattr(builder, "task", "image_classification") != "image_classification":
+            raise FipbenchError(f"model {arch!r} belongs to task {builder.task!r}, not image_classification; "
+                                f"pick one listed by `fipbench ls models`")
         d = self.data
         # Layer constructors draw from torch's global RNG; fork it so initialisation is seeded without
         # leaving the global state changed.
