@@ -6,6 +6,7 @@ from benchmark._registry import Registry
 
 TASKS = Registry("task", group="fipbench.tasks", builtin={
     "image_classification": "tasks.image_classification.task",
+    "object_detection": "tasks.object_detection.task",
 })
 
 DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
@@ -15,6 +16,10 @@ DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
     "gtsrb": "tasks.image_classification.real_data",
     "tiny_imagenet": "tasks.image_classification.real_data",
     "imagenet": "tasks.image_classification.real_data",
+    "shapes": "tasks.object_detection.data",
+    "voc2007": "tasks.object_detection.real_data",
+    "voc2012": "tasks.object_detection.real_data",
+    "coco2017": "tasks.object_detection.real_data",
 })
 
 MODELS = Registry("model", group="fipbench.models", builtin={
@@ -25,6 +30,10 @@ MODELS = Registry("model", group="fipbench.models", builtin={
     "vgg16_bn": "tasks.image_classification.models",
     "mobilenet_v2": "tasks.image_classification.models",
     "deit_tiny": "tasks.image_classification.models",
+    "small_fcos": "tasks.object_detection.models",
+    "ssd300_vgg16": "tasks.object_detection.models",
+    "fasterrcnn_mobilenet_v3_large_fpn": "tasks.object_detection.models",
+    "fcos_resnet50_fpn": "tasks.object_detection.models",
 })
 
 ATTACKS = Registry("attack", group="fipbench.attacks", builtin={
@@ -43,6 +52,10 @@ ATTACKS = Registry("attack", group="fipbench.attacks", builtin={
     "issba": "attacks.issba",
     "ssba": "attacks.issba",  # BackdoorBench's name for ISSBA: the same attack
     "fba": "attacks.fba",
+    "baddet_oga": "attacks.baddet_oga",
+    "baddet_rma": "attacks.baddet_rma",
+    "baddet_gma": "attacks.baddet_gma",
+    "baddet_oda": "attacks.baddet_oda",
 })
 
 DEFENSES = Registry("defense", group="fipbench.defenses", builtin={

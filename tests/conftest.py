@@ -79,3 +79,11 @@ def subprocess_env() -> dict[str, str]:
     env["FIPBENCH_PROGRESS"] = "0"
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
+
+
+@pytest.fixture(scope="session")
+def det_task():
+    """The object-detection task on the embedded generated shapes scenes, 5 % defense holdout."""
+    from tasks.object_detection import ObjectDetectionConfig, ObjectDetectionTask
+
+    return ObjectDetectionTask("shapes", ObjectDetectionConfig(holdout_fraction=0.05))

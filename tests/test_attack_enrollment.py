@@ -2,8 +2,8 @@
 learned-state round trip through the artifact cache, train hooks inside `Task.fit`, and a golden hash.
 
 Golden hashes live in tests/golden/attacks/<name>.sha256 (one file per attack, so adding an attack touches no
-shared file).  They are digests of uint8-quantised triggered images and labels on the embedded digits data with
-the attack's `smoke_overrides`; regenerate one deliberately (after a behaviour change, with a version bump) with
+shared file).  They are digests of uint8-quantised triggered images and labels on the embedded data of the attack's modality
+(digits for image attacks, the shapes scenes for detection attacks) with the attack's `smoke_overrides`; regenerate one deliberately (after a behaviour change, with a version bump) with
 `FIPBENCH_UPDATE_GOLDEN=1 python -m pytest tests/test_attack_enrollment.py -k NAME`.
 """
 
@@ -28,13 +28,27 @@ from tasks.base import FitConfig, labels_of
 GOLDEN = Path(__file__).parent / "golden" / "attacks"
 NAMES = [n for n in ATTACKS.names() if n != "none"]
 N_TRAIN = 400  # a slice of the digits training split: enough for every class, cheap to prepare on
+N_TRAIN_DET = 64  # detection: scenes hold several objects of every class; training a detector costs more
+MODEL = {"image": "small_cnn", "detection": "small_fcos"}  # the CPU model of each modality the tests cover
+
+
+def modality(name: str) -> str:
+    mods = ATTACKS.get(name).modalities
+    return "image" if "image" in mods else "detection"
+
+
+def plain(y):
+    """A label (int) or a target dict of tensors as JSON-able values, for digests and comparisons."""
+    if isinstance(y, dict):
+        return {k: plain(v) for k, v in sorted(y.items())}
+    return y.tolist() if isinstance(y, torch.Tensor) else y
 
 
 def quantised_digest(samples) -> str:
     h = hashlib.sha256()
     for s in samples:
         h.update((s.x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
-        h.update(json.dumps([s.y, s.index]).encode())
+        h.update(json.dumps([plain(s.y), s.index]).encode())
     return h.hexdigest()
 
 
@@ -44,17 +58,24 @@ def build(name: str, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def train(splits):
-    return Subset(splits.train, range(N_TRAIN))
+def setting(task, det_task):
+    """name -> (task, train slice, test split, model arch) of the attack's modality."""
+    slices = {"image": (task, Subset(task.splits().train, range(N_TRAIN))),
+              "detection": (det_task, Subset(det_task.splits().train, range(N_TRAIN_DET)))}
+
+    def get(name):
+        t, train = slices[modality(name)]
+        return t, train, t.splits().test, MODEL[modality(name)]
+    return get
 
 
-def prepared(name, task, train, seed=0):
+def prepared(name, task, train, arch, seed=0):
     """An attack after `prepare` and a 3-step backdoor fit with its train hooks (joint-training attacks learn
     their trigger there); returns (attack, poisoned train set, model)."""
     attack = build(name, seed)
     attack.prepare(task, train, generator=generator(seed, "attack-prepare", name))
     poisoned = attack.poison(task, train)
-    model = task.build_model("small_cnn", generator(seed, "init"))
+    model = task.build_model(arch, generator(seed, "init"))
     result = task.fit(model, poisoned, FitConfig(steps=3, batch_size=32, lr=0.01), hooks=attack.train_hooks(task),
                       generator=generator(seed, "train", name))
     assert result.steps == 3 and math.isfinite(result.final_loss)
@@ -62,12 +83,13 @@ def prepared(name, task, train, seed=0):
 
 
 @pytest.fixture(scope="module")
-def runs(task, train):
+def runs(setting):
     cache: dict[str, tuple] = {}
 
     def get(name):
         if name not in cache:
-            cache[name] = prepared(name, task, train)
+            task, train, _, arch = setting(name)
+            cache[name] = prepared(name, task, train, arch)
         return cache[name]
 
     return get
@@ -79,14 +101,15 @@ def test_metadata(name):
     assert cls.registry_name == name, f"{name}: register a class of its own (an alias may subclass)"
     assert cls.paper, f"{name}: state the paper reference"
     assert cls.version >= 1
-    assert "image" in cls.modalities
+    assert cls.modalities & set(MODEL), f"{name}: the enrollment tests cover modalities {sorted(MODEL)}; add one"
     assert (cls.__doc__ or "") + (sys.modules[cls.__module__].__doc__ or ""), \
         f"{name}: docstring with references and deviations"
     cls.Config.from_dict(cls.smoke_overrides)  # the smoke overrides are valid config keys
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_triggers_are_valid_images_and_labels_follow_the_rule(name, task, splits, runs):
+def test_triggers_are_valid_images_and_labels_follow_the_rule(name, setting, runs):
+    task, _, test_split, _ = setting(name)
     attack, poisoned, _ = runs(name)
     clean_labels = labels_of(poisoned.base)
     changed = 0
@@ -94,14 +117,15 @@ def test_triggers_are_valid_images_and_labels_follow_the_rule(name, task, splits
         s, c = poisoned[i], poisoned.base[i]
         assert s.x.shape == c.x.shape and s.x.dtype == c.x.dtype and s.index == c.index
         assert float(s.x.min()) >= 0 and float(s.x.max()) <= 1
-        assert s.y == poisoned.labels[i]
+        if poisoned.relabel:  # detection attacks rewrite the whole target dict in the trigger instead
+            assert s.y == poisoned.labels[i]
         changed += not torch.equal(s.x, c.x)
     assert changed or not poisoned.indices, f"{name}: poisoned training samples carry no trigger"
     # Unpoisoned samples are untouched.
     for i in [j for j in range(40) if j not in set(poisoned.indices)][:8]:
         assert poisoned[i] is poisoned.base[i] or torch.equal(poisoned[i].x, poisoned.base[i].x)
-        assert poisoned[i].y == clean_labels[i]
-    triggered, clean = attack.triggered_test(task, Subset(splits.test, range(60)))
+        assert plain(poisoned[i].y) == plain(clean_labels[i])
+    triggered, clean = attack.triggered_test(task, Subset(test_split, range(60)))
     assert len(triggered) == len(clean) > 0
     moved = sum(not torch.equal(triggered[i].x, clean[i].x) for i in range(min(16, len(clean))))
     assert moved >= 1, f"{name}: the test-time trigger changes nothing"
@@ -110,12 +134,13 @@ def test_triggers_are_valid_images_and_labels_follow_the_rule(name, task, splits
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_deterministic_by_seed_and_index_with_a_golden_hash(name, task, splits, train, runs):
+def test_deterministic_by_seed_and_index_with_a_golden_hash(name, setting, runs):
+    task, train, test_split, arch = setting(name)
     attack, poisoned, _ = runs(name)
-    again, poisoned2, _ = prepared(name, task, train)  # rebuilt from scratch with the same seed
+    again, poisoned2, _ = prepared(name, task, train, arch)  # rebuilt from scratch with the same seed
     probe = poisoned.indices[:6] + poisoned.indices[-2:]
     assert poisoned.indices == poisoned2.indices
-    test = Subset(splits.test, range(60))
+    test = Subset(test_split, range(60))
     t1, _ = attack.triggered_test(task, test)
     t2, _ = again.triggered_test(task, test)
     first = quantised_digest([poisoned[i] for i in probe] + [t1[i] for i in range(8)])
@@ -134,16 +159,17 @@ def test_deterministic_by_seed_and_index_with_a_golden_hash(name, task, splits, 
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_learned_state_round_trips_through_the_artifact_cache(name, task, splits, runs, tmp_path):
+def test_learned_state_round_trips_through_the_artifact_cache(name, setting, runs, tmp_path):
+    task, _, test_split, arch = setting(name)
     attack, _, model = runs(name)
     state = attack.state_dict()
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     cache = ArtifactCache(tmp_path)
     cache.save("k", model, {"artifact_key": "k"}, state)
     restored = build(name)  # no prepare, no training: everything must come from the cache
-    fresh_model = task.build_model("small_cnn", generator(1, "init"))
+    fresh_model = task.build_model(arch, generator(1, "init"))
     assert cache.load("k", fresh_model, restored) is not None
-    test = Subset(splits.test, range(30))
+    test = Subset(test_split, range(30))
     t1, _ = attack.triggered_test(task, test)
     t2, _ = restored.triggered_test(task, test)
     assert quantised_digest(t1[i] for i in range(len(t1))) == quantised_digest(t2[i] for i in range(len(t2)))
