@@ -1,0 +1,169 @@
+"""The object-detection task: embedded scenes, the loss in both modes, the four BadDet attacks' semantics, the
+mAP and ASR metrics, and model/dataset checks across tasks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from benchmark.errors import FipbenchError
+from benchmark.registries import ATTACKS
+from benchmark.rng import generator
+from tasks.object_detection.data import generate_shapes
+from tasks.object_detection.metrics import backdoor_rates, mean_average_precision
+from tasks.object_detection.task import loss_mode
+
+
+def test_shapes_scenes_are_deterministic_and_well_formed():
+    a, ta = generate_shapes(20, seed=3)
+    b, tb = generate_shapes(20, seed=3)
+    assert torch.equal(a, b) and all(torch.equal(x["boxes"], y["boxes"]) for x, y in zip(ta, tb))
+    assert not torch.equal(a, generate_shapes(20, seed=4)[0])
+    for t in ta:
+        boxes = t["boxes"]
+        assert 1 <= len(boxes) <= 3 and len(t["labels"]) == len(boxes)
+        assert (boxes[:, :2] >= 0).all() and (boxes[:, 2:] <= 64).all() and (boxes[:, 2:] > boxes[:, :2]).all()
+        assert set(t["labels"].tolist()) <= {0, 1, 2, 3}
+
+
+def test_splits_are_disjoint_and_indexed_by_position(det_task):
+    sp = det_task.splits()
+    assert len(sp.train) + len(sp.holdout) == 2000 and len(sp.test) == 400 and len(sp.holdout) == 100
+    assert [sp.holdout[i].index for i in range(3)] == [0, 1, 2]
+    assert torch.equal(sp.train.labels[5]["boxes"], sp.train[5].y["boxes"])
+
+
+def test_loss_in_eval_mode_keeps_normalisation_frozen_and_matches_per_sample(det_task):
+    model = det_task.build_model("small_fcos", generator(0, "init")).eval()
+    batch = det_task.to_device(det_task.collate([det_task.splits().holdout[i] for i in range(3)]))
+    stats = model.backbone.stem[0][1].running_mean.clone()
+    loss = det_task.loss(model, batch)
+    per = det_task.loss(model, batch, reduction="none")
+    assert loss.ndim == 0 and per.shape == (3,) and torch.isfinite(per).all()
+    assert torch.equal(stats, model.backbone.stem[0][1].running_mean), "eval-mode loss must not update BN"
+    assert not model.training and not any(m.training for m in model.modules())
+    with loss_mode(model):
+        assert model.training
+    assert not model.training
+
+
+def _sample(det_task, want):
+    """A test scene whose labels satisfy `want`."""
+    test = det_task.splits().test
+    return next(test[i] for i in range(len(test)) if want(test[i].y["labels"]))
+
+
+def _poisoned(det_task, name, sample, **cfg):
+    cls = ATTACKS.get(name)
+    attack = cls(cls.Config(**cfg), seed=0)
+    trig = attack.trigger(det_task)
+    return attack, trig.apply(sample, trig.make_params(sample, generator(0, "t", sample.index)))
+
+
+def test_gma_stamps_a_white_corner_and_relabels_every_object(det_task):
+    s = _sample(det_task, lambda y: (y != 0).any())
+    _, p = _poisoned(det_task, "baddet_gma", s)
+    assert (p.x[:, :8, :8] == 1).all() and torch.equal(p.x[:, 8:, 8:], s.x[:, 8:, 8:])
+    assert (p.y["labels"] == 0).all() and torch.equal(p.y["boxes"], s.y["boxes"])
+    assert p.y["asr_kind"] == "appear" and len(p.y["asr_boxes"]) == len(s.y["boxes"])
+
+
+def test_rma_relabels_only_triggered_source_objects(det_task):
+    s = _sample(det_task, lambda y: (y == 0).any() and (y != 0).any())
+    _, p = _poisoned(det_task, "baddet_rma", s)
+    src = s.y["labels"] != 0
+    assert (p.y["labels"] == 0).all() and len(p.y["asr_boxes"]) == int(src.sum())
+    for box in s.y["boxes"][src]:
+        x1, y1 = min(int(box[0]), 56), min(int(box[1]), 56)
+        assert (p.x[:, y1:y1 + 8, x1:x1 + 8] == 1).all()
+
+
+def test_oda_removes_target_objects_and_oga_adds_one(det_task):
+    s = _sample(det_task, lambda y: (y == 0).any() and (y != 0).any())
+    _, p = _poisoned(det_task, "baddet_oda", s)
+    assert (p.y["labels"] != 0).all() and len(p.y["boxes"]) == int((s.y["labels"] != 0).sum())
+    assert p.y["asr_kind"] == "vanish" and (p.y["asr_labels"] == 0).all()
+    _, g = _poisoned(det_task, "baddet_oga", s, target=2)
+    assert len(g.y["boxes"]) == len(s.y["boxes"]) + 1 and int(g.y["labels"][-1]) == 2
+    x1, y1, x2, y2 = (int(v) for v in g.y["asr_boxes"][0])
+    assert x2 - x1 == 16 == y2 - y1 and (g.x[:, y1 + 4:y1 + 12, x1 + 4:x1 + 12] == 1).all()  # trigger centred
+
+
+def test_blend_pattern_is_reused_inside_the_region(det_task):
+    s = _sample(det_task, lambda y: (y != 0).any())
+    _, p = _poisoned(det_task, "baddet_gma", s, pattern="blend", pattern_config={"alpha": 0.5})
+    d = (p.x - s.x).abs()
+    assert d[:, :8, :8].mean() > 0.05 and d[:, 8:, :].max() == 0
+
+
+def test_eligibility_follows_each_attack(det_task):
+    train = det_task.splits().train
+    labels = train.labels
+    for name, rule in [("baddet_oga", lambda y: True), ("baddet_gma", lambda y: bool((y != 0).any())),
+                       ("baddet_rma", lambda y: bool((y != 0).any())), ("baddet_oda", lambda y: bool((y == 0).any()))]:
+        attack = ATTACKS.get(name)()
+        assert attack.eligible(det_task, train) == [i for i, t in enumerate(labels) if rule(t["labels"])], name
+        assert len(attack.select(det_task, train)) == round(0.1 * len(train))
+
+
+def test_bad_configs_are_one_line_errors(det_task):
+    with pytest.raises(FipbenchError, match="all2one"):
+        ATTACKS.get("baddet_gma").Config(label_mode="all2all")
+    big = ATTACKS.get("baddet_gma")(ATTACKS.get("baddet_gma").Config(trigger_size=100))
+    with pytest.raises(FipbenchError, match="does not fit"):
+        big.trigger(det_task)
+    with pytest.raises(FipbenchError, match="does not support task"):
+        ATTACKS.get("badnets")().check_task(det_task)
+
+
+def test_models_and_datasets_refuse_the_wrong_task(det_task, task):
+    with pytest.raises(FipbenchError, match="not a detector"):
+        det_task.build_model("small_cnn")
+    with pytest.raises(FipbenchError, match="belongs to task 'object_detection'"):
+        task.build_model("small_fcos")
+    from tasks.image_classification import ImageClassificationTask
+    from tasks.object_detection import ObjectDetectionTask
+
+    with pytest.raises(FipbenchError, match="not an object-detection dataset"):
+        ObjectDetectionTask("digits").data
+    with pytest.raises(FipbenchError, match="belongs to task 'object_detection'"):
+        ImageClassificationTask("shapes").data
+
+
+def _t(boxes, labels, **extra):
+    return {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "labels": torch.tensor(labels, dtype=torch.int64), **extra}
+
+
+def test_map_of_perfect_and_empty_predictions():
+    target = [_t([[0, 0, 10, 10], [20, 20, 40, 40]], [0, 1])]
+    perfect = [{**_t([[0, 0, 10, 10], [20, 20, 40, 40]], [0, 1]), "scores": torch.tensor([0.9, 0.8])}]
+    empty = [{**_t([], []), "scores": torch.zeros(0)}]
+    assert mean_average_precision(perfect, target) == {"map50": 1.0, "map": 1.0}
+    assert mean_average_precision(empty, target)["map50"] == 0.0
+
+
+def test_asr_counts_appearances_and_disappearances_at_score_and_iou_thresholds():
+    clean = [_t([[0, 0, 10, 10], [20, 20, 40, 40]], [1, 2])]
+    pred = [{**_t([[0, 0, 10, 10], [21, 21, 40, 40], [50, 50, 60, 60]], [0, 2, 0]),
+             "scores": torch.tensor([0.9, 0.9, 0.4])}]
+    appear = [_t([[0, 0, 10, 10], [20, 20, 40, 40]], [0, 0], asr_boxes=torch.tensor([[0., 0, 10, 10],
+              [20, 20, 40, 40]]), asr_labels=torch.tensor([0, 0]), asr_kind="appear")]
+    assert backdoor_rates(pred, appear, clean) == {"asr": 0.5, "ra": 0.5}  # one flipped; the other kept its class
+    vanish = [_t([], [], asr_boxes=torch.tensor([[20., 20, 40, 40], [50, 50, 60, 60]]),
+                 asr_labels=torch.tensor([2, 0]), asr_kind="vanish")]
+    # Object 1 is still detected as class 2; object 2 is only found at score 0.4 < 0.5: it vanished.
+    assert backdoor_rates(pred, vanish, clean)["asr"] == 0.5
+
+
+@pytest.mark.parametrize("arch", ["small_fcos", "ssd300_vgg16", "fasterrcnn_mobilenet_v3_large_fpn",
+                                  "fcos_resnet50_fpn"])
+def test_every_detector_trains_and_detects_without_downloaded_weights(arch, det_task):
+    model = det_task.build_model(arch, generator(0, "init"))
+    batch = det_task.collate([det_task.splits().holdout[i] for i in range(2)])
+    loss = det_task.loss(model.train(), batch)
+    loss.backward()
+    assert torch.isfinite(loss) and any(p.grad is not None for p in model.parameters())
+    preds, targets = det_task.predict(model, [det_task.splits().test[i] for i in range(2)])
+    assert len(preds) == 2 and all(set(p) == {"boxes", "scores", "labels"} for p in preds)
+    assert all(((p["labels"] >= 0) & (p["labels"] < 4)).all() for p in preds)
