@@ -67,7 +67,7 @@ class ObjectDetectionTask(Task):
     version = 1
     Config = ObjectDetectionConfig
     metric_name = "map50"
-    sharpness_batch = 32  # 20 + 20 Hessian-vector products of a detector on 128 images cost minutes on a CPU
+    sharpness_batch = 16  # 20 + 20 Hessian-vector products of a detector on 128 images cost minutes on a CPU
 
     @functools.cached_property
     def data(self) -> DetectionData:
