@@ -132,3 +132,16 @@ class BadDetAttack(Attack):
 
     def eligible(self, task: Task, data: Sequence[Sample]) -> list[int]:
         return [i for i, y in enumerate(labels_of(data)) if self.affects(y)]
+
+
+class ObjectBadDetAttack(BadDetAttack):
+    """RMA and ODA: a trigger at the top-left corner of every object of the source class (`source_mask`); images
+    without such an object are never selected."""
+
+    def affects(self, y: dict[str, Any]) -> bool:
+        return bool(self.source_mask(y["labels"]).any())
+
+    def regions(self, sample: Sample, gen: torch.Generator) -> list[Region]:
+        _, h, w = sample.x.shape
+        hit = self.source_mask(sample.y["labels"])
+        return [self.corner_region(b.tolist(), h, w) for b in sample.y["boxes"][hit]]

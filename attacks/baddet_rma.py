@@ -13,22 +13,13 @@ from typing import Any
 
 import torch
 
-from attacks._baddet import BadDetAttack, Region
+from attacks._baddet import ObjectBadDetAttack, Region
 from benchmark.registries import ATTACKS
-from tasks.base import Sample
 
 
 @ATTACKS.register("baddet_rma")
-class BadDetRMA(BadDetAttack):
+class BadDetRMA(ObjectBadDetAttack):
     kind = "appear"
-
-    def affects(self, y: dict[str, Any]) -> bool:
-        return bool(self.source_mask(y["labels"]).any())
-
-    def regions(self, sample: Sample, gen: torch.Generator) -> list[Region]:
-        _, h, w = sample.x.shape
-        hit = self.source_mask(sample.y["labels"])
-        return [self.corner_region(b.tolist(), h, w) for b in sample.y["boxes"][hit]]
 
     def poisoned_target(self, y: dict[str, Any], regions: list[Region]) -> dict[str, Any]:
         hit = self.source_mask(y["labels"])

@@ -7,10 +7,11 @@ only talk to a task through this interface, so one defense runs on every task wh
 from __future__ import annotations
 
 import abc
+import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -138,6 +139,18 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def splits(self) -> Splits: ...
 
+    def lookup(self, registry: Any, name: str, kind: str) -> Any:
+        """This task's dataset loader or model builder `name` from `registry`.  Entries mark their task with a
+        `task` attribute (unmarked ones are image classification's); another task's entry is a one-line error
+        listing this task's own."""
+        me = type(self).registry_name  # type: ignore[attr-defined]
+        entry = registry.get(name, where=f"task {me}")
+        owner = getattr(entry, "task", "image_classification")
+        if owner != me:
+            own = [n for n in registry.names() if getattr(registry.get(n), "task", "image_classification") == me]
+            raise FipbenchError(f"{kind} {name!r} belongs to task {owner!r}, not {me}; use one of {', '.join(own)}")
+        return entry
+
     @abc.abstractmethod
     def build_model(self, arch: str, generator: torch.Generator | None = None) -> nn.Module:
         """A fresh model with normalisation inside; `generator` seeds its initialisation."""
@@ -233,3 +246,13 @@ class Task(abc.ABC):
             h.on_fit_end(model)
         model.eval()
         return FitResult(steps=step, seconds=time.perf_counter() - start, final_loss=loss_value)
+
+
+@contextlib.contextmanager
+def seeded_init(generator: torch.Generator | None) -> Iterator[None]:
+    """Layer constructors draw from torch's global RNG: fork it and seed it from `generator`, so that a model's
+    initialisation is seeded without leaving the global state changed (None: unseeded, still forked)."""
+    with torch.random.fork_rng(devices=[]):
+        if generator is not None:
+            torch.manual_seed(generator.initial_seed())
+        yield

@@ -117,14 +117,14 @@ def test_bad_configs_are_one_line_errors(det_task):
 
 
 def test_models_and_datasets_refuse_the_wrong_task(det_task, task):
-    with pytest.raises(FipbenchError, match="not a detector"):
+    with pytest.raises(FipbenchError, match="belongs to task 'image_classification'"):
         det_task.build_model("small_cnn")
     with pytest.raises(FipbenchError, match="belongs to task 'object_detection'"):
         task.build_model("small_fcos")
     from tasks.image_classification import ImageClassificationTask
     from tasks.object_detection import ObjectDetectionTask
 
-    with pytest.raises(FipbenchError, match="not an object-detection dataset"):
+    with pytest.raises(FipbenchError, match="belongs to task 'image_classification'"):
         ObjectDetectionTask("digits").data
     with pytest.raises(FipbenchError, match="belongs to task 'object_detection'"):
         ImageClassificationTask("shapes").data

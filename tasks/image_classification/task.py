@@ -15,7 +15,7 @@ from torch import nn
 from benchmark.errors import FipbenchError
 from benchmark.registries import DATASETS, MODELS, TASKS
 from benchmark.rng import generator
-from tasks.base import Batch, Sample, Splits, Task, TaskConfig, labels_of
+from tasks.base import Batch, Sample, Splits, Task, TaskConfig, labels_of, seeded_init
 from tasks.image_classification.data import ImageData, as_samples, stratified_split
 
 
@@ -47,10 +47,7 @@ class ImageClassificationTask(Task):
 
     @functools.cached_property
     def data(self) -> ImageData:
-        loader = DATASETS.get(self.dataset, where="task image_classification")
-        if getattr(loader, "task", "image_classification") != "image_classification":
-            raise FipbenchError(f"dataset {self.dataset!r} belongs to task {loader.task!r}, not "
-                                f"image_classification; pick one listed by `fipbench ls datasets`")
+        loader = self.lookup(DATASETS, self.dataset, "dataset")
         return loader(self.data_root, split_seed=self.cfg.split_seed)
 
     @property
@@ -75,16 +72,9 @@ class ImageClassificationTask(Task):
                       holdout=as_samples(d.x_train, d.y_train, hold_idx))
 
     def build_model(self, arch: str, generator: torch.Generator | None = None) -> nn.Module:
-        builder = MODELS.get(arch, where="task image_classification")
-        if getattr(builder, "task", "image_classification") != "image_classification":
-            raise FipbenchError(f"model {arch!r} belongs to task {builder.task!r}, not image_classification; "
-                                f"pick one listed by `fipbench ls models`")
+        builder = self.lookup(MODELS, arch, "model")
         d = self.data
-        # Layer constructors draw from torch's global RNG; fork it so initialisation is seeded without
-        # leaving the global state changed.
-        with torch.random.fork_rng(devices=[]):
-            if generator is not None:
-                torch.manual_seed(generator.initial_seed())
+        with seeded_init(generator):
             model = builder(in_channels=d.shape[0], num_classes=d.num_classes, mean=d.mean, std=d.std,
                             image_size=d.shape[1])
         if self.cfg.init_weights:  # type: ignore[attr-defined]

@@ -37,8 +37,8 @@ def make_target(boxes: Sequence[Sequence[float]], labels: Sequence[int]) -> Targ
 class DetectionData:
     """A dataset's official train / test split as Samples (index = position in the split)."""
 
-    train: Sequence[Sample]
-    test: Sequence[Sample]
+    train: LazySamples
+    test: LazySamples
     classes: tuple[str, ...]
     image_size: int | None  # side of every (square) image, or None for real images of varying size
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # the detector's internal normalisation
@@ -50,20 +50,29 @@ class DetectionData:
 
 
 class LazySamples(Sequence[Sample]):
-    """Samples whose images are decoded on access (`load(i)` -> [3,H,W] float in [0,1]); the targets are held in
-    memory and exposed as `labels`, so that attacks select images without decoding any."""
+    """Samples whose images are decoded on access (`load(r)` -> [3,H,W] float in [0,1]); the targets are held in
+    memory and exposed as `labels`, so that attacks select images without decoding any.  `view[i]` is image
+    `rows[i]` (default: all, in order) with `index=i`, its position in this view (triggers key on it), as
+    image classification's `SampleView`."""
 
-    def __init__(self, load: Callable[[int], torch.Tensor], targets: Sequence[Target]):
-        self.load, self.labels = load, list(targets)
+    def __init__(self, load: Callable[[int], torch.Tensor], targets: Sequence[Target],
+                 rows: Sequence[int] | None = None):
+        self.load, self.targets = load, list(targets)
+        self.rows = list(range(len(self.targets))) if rows is None else list(rows)  # view position -> image row
+        self.labels = [self.targets[r] for r in self.rows]
+
+    def take(self, rows: Sequence[int]) -> LazySamples:
+        """The view of this view's positions `rows`, renumbered from 0 (a split carved out of a dataset split)."""
+        return LazySamples(self.load, self.targets, [self.rows[r] for r in rows])
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.rows)
 
     def __getitem__(self, i: int) -> Sample:  # type: ignore[override]
         if not -len(self) <= i < len(self):
             raise IndexError(i)
         i %= len(self)
-        return Sample(x=self.load(i), y=self.labels[i], index=i)
+        return Sample(x=self.load(self.rows[i]), y=self.labels[i], index=i)
 
 
 class MemorySamples(LazySamples):

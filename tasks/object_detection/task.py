@@ -33,7 +33,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork
 from benchmark.errors import FipbenchError
 from benchmark.registries import DATASETS, MODELS, TASKS
 from benchmark.rng import generator
-from tasks.base import Batch, Sample, Splits, Task, TaskConfig, labels_of
+from tasks.base import Batch, Sample, Splits, Task, TaskConfig, labels_of, seeded_init
 from tasks.object_detection.data import DetectionData
 from tasks.object_detection.metrics import backdoor_rates, mean_average_precision
 
@@ -71,10 +71,7 @@ class ObjectDetectionTask(Task):
 
     @functools.cached_property
     def data(self) -> DetectionData:
-        loader = DATASETS.get(self.dataset, where="task object_detection")
-        if getattr(loader, "task", None) != "object_detection":
-            raise FipbenchError(f"dataset {self.dataset!r} is not an object-detection dataset; use one of "
-                                f"{', '.join(self._own(DATASETS))}")
+        loader = self.lookup(DATASETS, self.dataset, "dataset")
         return loader(self.data_root, split_seed=self.cfg.split_seed)
 
     @property
@@ -93,23 +90,14 @@ class ObjectDetectionTask(Task):
         n_hold = max(1, round(self.cfg.holdout_fraction * len(d.train)))
         perm = torch.randperm(len(d.train), generator=generator(self.cfg.split_seed, self.dataset, "holdout"))
         hold, train = sorted(perm[:n_hold].tolist()), sorted(perm[n_hold:].tolist())
-        return Splits(train=_Reindexed(d.train, train), test=d.test, holdout=_Reindexed(d.train, hold))
+        return Splits(train=d.train.take(train), test=d.test, holdout=d.train.take(hold))
 
     def build_model(self, arch: str, generator: torch.Generator | None = None) -> nn.Module:
-        builder = MODELS.get(arch, where="task object_detection")
-        if getattr(builder, "task", None) != "object_detection":
-            raise FipbenchError(f"model {arch!r} is not a detector; object_detection models: "
-                                f"{', '.join(self._own(MODELS))}")
+        builder = self.lookup(MODELS, arch, "model")
         d = self.data
-        with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the global RNG
-            if generator is not None:
-                torch.manual_seed(generator.initial_seed())
+        with seeded_init(generator):
             model = builder(num_classes=d.num_classes, mean=d.mean, std=d.std, image_size=d.image_size)
         return model.to(self.device)
-
-    @staticmethod
-    def _own(registry: Any) -> list[str]:
-        return [n for n in registry.names() if getattr(registry.get(n), "task", None) == "object_detection"]
 
     def collate(self, samples: Sequence[Sample]) -> Batch:
         return {"x": [s.x for s in samples], "y": [s.y for s in samples],
@@ -178,20 +166,3 @@ class ObjectDetectionTask(Task):
         raise FipbenchError("object_detection has no image-level label modes; use a BadDet attack "
                             "(baddet_oga, baddet_rma, baddet_gma, baddet_oda)")
 
-
-class _Reindexed(Sequence[Sample]):
-    """`base[rows[i]]` renumbered so that `index` is the position in this split (triggers key on it)."""
-
-    def __init__(self, base: Sequence[Sample], rows: Sequence[int]):
-        self.base, self.rows = base, list(rows)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, i: int) -> Sample:  # type: ignore[override]
-        return dataclasses.replace(self.base[self.rows[i]], index=i)
-
-    @property
-    def labels(self) -> list[Any]:
-        base = labels_of(self.base)
-        return [base[r] for r in self.rows]
