@@ -71,15 +71,16 @@ def sinusoid(width: int, delta: float, frequency: float) -> torch.Tensor:
 
 
 class AdditiveTrigger(Trigger):
-    """x' = clip(x + v, 0, 1) for a fixed signal v broadcastable to the image ([C,H,W] or [1,1,W])."""
+    """x' = clip(x + v, 0, 1) for a fixed signal v broadcastable to the image ([C,H,W] or [1,1,W]); by
+    broadcasting, the same signal on every frame of a clip [T,C,H,W]."""
 
-    modalities = frozenset({"image"})
+    modalities = frozenset({"image", "video"})
 
     def __init__(self, signal: torch.Tensor):
         self.signal = signal
 
     def apply(self, sample: Sample, params: Params) -> Sample:
-        x = sample.x  # [C,H,W]
+        x = sample.x  # [C,H,W] or [T,C,H,W]
         return dataclasses.replace(sample, x=(x + self.signal.to(x.dtype)).clamp(0, 1))
 
 
@@ -87,7 +88,7 @@ class AdditiveTrigger(Trigger):
 class SIG(Attack):
     Config = SIGConfig
     version = 1
-    modalities = frozenset({"image"})
+    modalities = frozenset({"image", "video"})  # video: the signal on every frame
     paper = ("Barni, Kallas, Tondi, A new backdoor attack in CNNs by training set corruption without label "
              "poisoning, IEEE ICIP 2019")
 

@@ -7,6 +7,7 @@ from benchmark._registry import Registry
 TASKS = Registry("task", group="fipbench.tasks", builtin={
     "image_classification": "tasks.image_classification.task",
     "object_detection": "tasks.object_detection.task",
+    "video_recognition": "tasks.video_recognition.task",
 })
 
 DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
@@ -20,6 +21,9 @@ DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
     "voc2007": "tasks.object_detection.real_data",
     "voc2012": "tasks.object_detection.real_data",
     "coco2017": "tasks.object_detection.real_data",
+    "motions": "tasks.video_recognition.data",
+    "ucf101": "tasks.video_recognition.real_data",
+    "hmdb51": "tasks.video_recognition.real_data",
 })
 
 MODELS = Registry("model", group="fipbench.models", builtin={
@@ -34,6 +38,10 @@ MODELS = Registry("model", group="fipbench.models", builtin={
     "ssd300_vgg16": "tasks.object_detection.models",
     "fasterrcnn_mobilenet_v3_large_fpn": "tasks.object_detection.models",
     "fcos_resnet50_fpn": "tasks.object_detection.models",
+    "small_c3d": "tasks.video_recognition.models",
+    "r3d_18": "tasks.video_recognition.models",
+    "r2plus1d_18": "tasks.video_recognition.models",
+    "mc3_18": "tasks.video_recognition.models",
 })
 
 ATTACKS = Registry("attack", group="fipbench.attacks", builtin={
@@ -56,6 +64,7 @@ ATTACKS = Registry("attack", group="fipbench.attacks", builtin={
     "baddet_rma": "attacks.baddet_rma",
     "baddet_gma": "attacks.baddet_gma",
     "baddet_oda": "attacks.baddet_oda",
+    "clean_label_video": "attacks.clean_label_video",
 })
 
 DEFENSES = Registry("defense", group="fipbench.defenses", builtin={

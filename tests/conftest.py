@@ -87,3 +87,11 @@ def det_task():
     from tasks.object_detection import ObjectDetectionConfig, ObjectDetectionTask
 
     return ObjectDetectionTask("shapes", ObjectDetectionConfig(holdout_fraction=0.05))
+
+
+@pytest.fixture(scope="session")
+def vid_task():
+    """The video-recognition task on the embedded generated motion clips, 5 % defense holdout."""
+    from tasks.video_recognition import VideoRecognitionConfig, VideoRecognitionTask
+
+    return VideoRecognitionTask("motions", VideoRecognitionConfig(holdout_fraction=0.05))
