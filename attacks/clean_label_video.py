@@ -20,6 +20,17 @@ target class (their training list `train_bad_model_eps8_port30_ts24`), target cl
 - `poison_rate` here means the share of the TARGET CLASS's training clips (the authors' portion), not of the
   whole split as for BadNets.
 
+Measured on the embedded motion clips (small_c3d, quick-preset training 8 epochs, seed 0; clean model
+97.75 %), acc / ASR -- the target (ASR >= 90 % within 3 points) is NOT met:
+- default (3 px trigger, portion 0.3 = 71 clips, eps 8/255): 97.25 / 8.9 % (configs/video_attacks.yaml); a
+  probe run of the same setting with another training stream: 96.75 / 1.4 %.
+- 6 px trigger (the authors' largest size, 40/224, scaled): 97.25 / 37.4 %; with portion 1.0 (all 238
+  target clips): 86.0 / 62.9 %; with eps 16/255: 96.25 / 29.7 %; without the crop augmentation: 96.75 / 28.6 %.
+- Why: the universal patch barely fools the clean surrogate itself (fooling rate on non-target test clips 2.0 %
+  at 3 px, 18.9 % at 6 px, 23.7 % after 1,000 steps), although the enhancement works (the surrogate gets 0 %
+  of the enhanced target clips right).  The motion classes are decided by global motion that a corner patch
+  cannot override, unlike the appearance-dominated UCF-101 classes the paper reports on.
+
 Deviations:
 - The trigger is optimised on minibatches (`uat_batch_size` clips per step, `uat_steps` steps) instead of one
   clip per step; same step size.  The authors' objective is CE(target) minus the CE of the class the

@@ -28,6 +28,11 @@ test-time signal (`test_delta` 60/255, training delta 40/255), probe runs: rate 
 test_delta 60/255 (the class defaults stay BackdoorBench's): 94.9 / 99.9 % there (the artifact key, hence the
 training RNG stream, differs from the probe's).
 
+On video (the same signal on every frame; embedded motion clips, small_c3d, quick-preset training; clean model
+97.75 %), probe runs, acc / ASR: rate 0.10, test signal 40/255: 94.0 / 58.9 %; 60/255: 91.75 / 91.1 %; rate
+0.08 with 60/255: 96.25 / 87.4 %; rate 0.08 with 80/255: 96.25 / 99.1 % (configs/video_attacks.yaml uses it);
+rate 0.06 with 80/255: 96.75 / 90.9 %.
+
 Deviations: none in the trigger (BackdoorBench adds the signal on uint8 images and rounds; fipbench adds it in
 float [0,1] and clips).  `label_mode` must be all2one: a clean-label attack cannot realise y -> y+1.
 """
