@@ -155,9 +155,12 @@ class Attack(abc.ABC):
     def select(self, task: Task, data: Sequence[Sample]) -> list[int]:
         """round(poison_rate * |train|) indices drawn uniformly from the eligible ones (BackdoorBench's rule)."""
         pool = self.eligible(task, data)
-        n = min(len(pool), round(self.cfg.poison_rate * len(data)))
+        return self.draw(pool, round(self.cfg.poison_rate * len(data)))
+
+    def draw(self, pool: Sequence[int], n: int) -> list[int]:
+        """min(n, |pool|) members of `pool` drawn uniformly (one RNG stream per attack and seed), sorted."""
         perm = torch.randperm(len(pool), generator=generator(self.seed, self.registry_name, "select"))
-        return sorted(pool[i] for i in perm[:n].tolist())
+        return sorted(pool[i] for i in perm[:min(n, len(pool))].tolist())
 
     def poison(self, task: Task, data: Sequence[Sample], indices: Sequence[int] | None = None,
                split: str = "train") -> PoisonedDataset:

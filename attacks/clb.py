@@ -60,7 +60,7 @@ from attacks._surrogate import train_surrogate
 from attacks.base import Attack, AttackConfig, Params, PoisonedDataset, Trigger
 from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS
-from benchmark.rng import child, generator
+from benchmark.rng import child
 from tasks.base import FitConfig, Hook, Sample, Task, labels_of
 
 # The authors' bottom-right 3x3 pattern (1 = white, 0 = black); the other corners get its mirror images.
@@ -156,6 +156,22 @@ def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, st
     return adv.detach()
 
 
+def adversarial_deltas(task: Task, model: torch.nn.Module, data: Sequence[Sample], positions: Sequence[int],
+                       eps: float, step: float, steps: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """PGD perturbations of `data[positions]` against `model` (CLB and the clean-label video attack): the
+    samples' indices [n] int64 and their deltas [n,*x.shape] int8 in 1/255 units.  Quantising to 1/255 steps
+    keeps the L_inf bound, since |round(255 d)| <= round(255 eps)."""
+    index, deltas = [], []
+    for start in range(0, len(positions), batch_size):
+        samples = [data[i] for i in positions[start:start + batch_size]]
+        batch = task.to_device(task.collate(samples))
+        x = batch["x"].float()  # [B,C,H,W] images or [B,T,C,H,W] clips
+        adv = pgd(model, x, batch["y"], eps, step, steps)
+        deltas.append(((adv - x) * 255).round().clamp(-127, 127).to(torch.int8).cpu())
+        index += [s.index for s in samples]
+    return torch.tensor(index, dtype=torch.int64), torch.cat(deltas)
+
+
 class AdversarialTraining(Hook):
     """Madry et al. PGD adversarial training through `Task.fit`: every training batch is replaced by its PGD
     examples against the current model (crafted in eval mode, so BatchNorm statistics only see the batch that
@@ -204,9 +220,7 @@ class CLB(Attack):
     def select(self, task: Task, data: Sequence[Sample]) -> list[int]:
         """round(poison_rate * |data|) target-class positions (capped at the class size), drawn uniformly."""
         pool = [i for i, y in enumerate(labels_of(data)) if y == self.cfg.target]
-        n = min(len(pool), round(self.cfg.poison_rate * len(data)))
-        perm = torch.randperm(len(pool), generator=generator(self.seed, self.registry_name, "select"))
-        return sorted(pool[i] for i in perm[:n].tolist())
+        return self.draw(pool, round(self.cfg.poison_rate * len(data)))
 
     # `eligible` stays the base rule (non-target samples): it defines the test set the ASR is measured on.
 
@@ -219,16 +233,8 @@ class CLB(Attack):
             self._index, self._delta = torch.zeros(0, dtype=torch.int64), torch.zeros(0, c, h, w, dtype=torch.int8)
             return
         model = robust_surrogate(task, train, cfg, child(generator, "clb-surrogate"))
-        index, deltas = [], []
-        for start in range(0, len(positions), cfg.pgd_batch_size):
-            samples = [train[i] for i in positions[start:start + cfg.pgd_batch_size]]
-            batch = task.to_device(task.collate(samples))
-            x = batch["x"].float()  # [B,C,H,W]
-            adv = pgd(model, x, batch["y"], cfg.eps, cfg.pgd_step, cfg.pgd_steps)
-            # Quantise to 1/255 steps; |round(255 d)| <= round(255 eps) keeps the L_inf bound.
-            deltas.append(((adv - x) * 255).round().clamp(-127, 127).to(torch.int8).cpu())
-            index += [s.index for s in samples]
-        self._index, self._delta = torch.tensor(index, dtype=torch.int64), torch.cat(deltas)
+        self._index, self._delta = adversarial_deltas(task, model, train, positions, cfg.eps, cfg.pgd_step,
+                                                      cfg.pgd_steps, cfg.pgd_batch_size)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {"index": self._index.clone(), "delta": self._delta.clone()}

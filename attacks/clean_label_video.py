@@ -53,10 +53,10 @@ import torch.nn.functional as F
 
 from attacks._surrogate import train_surrogate
 from attacks.base import Attack, AttackConfig, Params, PoisonedDataset, Trigger
-from attacks.clb import pgd
+from attacks.clb import adversarial_deltas
 from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS
-from benchmark.rng import child, generator
+from benchmark.rng import child
 from tasks.base import FitConfig, Sample, Task, labels_of
 
 
@@ -141,9 +141,7 @@ class CleanLabelVideo(Attack):
     def select(self, task: Task, data: Sequence[Sample]) -> list[int]:
         """round(poison_rate * |target class|) target-class positions, drawn uniformly."""
         pool = [i for i, y in enumerate(labels_of(data)) if y == self.cfg.target]
-        n = round(self.cfg.poison_rate * len(pool))
-        perm = torch.randperm(len(pool), generator=generator(self.seed, self.registry_name, "select"))
-        return sorted(pool[i] for i in perm[:n].tolist())
+        return self.draw(pool, round(self.cfg.poison_rate * len(pool)))
 
     # -- learned state ----------------------------------------------------------------------------------------
     def prepare(self, task: Task, train: Sequence[Sample], *, generator: torch.Generator) -> None:
@@ -157,16 +155,12 @@ class CleanLabelVideo(Attack):
         others = [i for i, y in enumerate(labels) if y != cfg.target]
         self._patch = self._universal_trigger(task, model, train, others, (t, c, k), child(generator, "uat"))
         positions = self.select(task, train)
-        index, deltas = [], []
-        for start in range(0, len(positions), cfg.uat_batch_size):
-            samples = [train[i] for i in positions[start:start + cfg.uat_batch_size]]
-            batch = task.to_device(task.collate(samples))
-            x = batch["x"].float()  # [B,T,C,H,W]
-            adv = pgd(model, x, batch["y"], cfg.eps, cfg.pgd_step, cfg.pgd_steps)
-            deltas.append(((adv - x) * 255).round().clamp(-127, 127).to(torch.int8).cpu())
-            index += [s.index for s in samples]
-        self._index = torch.tensor(index, dtype=torch.int64)
-        self._delta = torch.cat(deltas) if deltas else torch.zeros(0, *task.clip_shape, dtype=torch.int8)  # type: ignore
+        if positions:
+            self._index, self._delta = adversarial_deltas(task, model, train, positions, cfg.eps, cfg.pgd_step,
+                                                          cfg.pgd_steps, cfg.uat_batch_size)
+        else:
+            self._index = torch.zeros(0, dtype=torch.int64)
+            self._delta = torch.zeros(0, *task.clip_shape, dtype=torch.int8)  # type: ignore[attr-defined]
 
     def _universal_trigger(self, task: Task, model: torch.nn.Module, train: Sequence[Sample], others: list[int],
                            shape: tuple[int, int, int], gen: torch.Generator) -> torch.Tensor:

@@ -47,7 +47,6 @@ import torch
 
 from attacks.base import Attack, AttackConfig, Params, PoisonedDataset, Subset, Trigger
 from benchmark.registries import ATTACKS
-from benchmark.rng import generator
 from tasks.base import Sample, Task, labels_of
 
 
@@ -110,9 +109,7 @@ class SIG(Attack):
 
         Clean-label: these samples keep their label (relabelling to the target is the identity on them)."""
         pool = [i for i, y in enumerate(labels_of(data)) if y == self.cfg.target]
-        n = min(len(pool), round(self.cfg.poison_rate * len(data)))
-        perm = torch.randperm(len(pool), generator=generator(self.seed, self.registry_name, "select"))
-        return sorted(pool[i] for i in perm[:n].tolist())
+        return self.draw(pool, round(self.cfg.poison_rate * len(data)))
 
     def triggered_test(self, task: Task, test: Sequence[Sample]) -> tuple[Sequence[Sample], Sequence[Sample]]:
         """Non-target test images with the (test-time) signal, labelled with the target for ASR."""

@@ -2,29 +2,101 @@
 ASR / RA, all-to-one and all-to-all backdoor labels, the true-Fisher label sampling, and the random-crop /
 flip augmentation over the last two axes (an image [C,H,W] or every frame of a clip [T,C,H,W] alike).
 
-A subclass provides the data (`data` with `num_classes`), `splits`, `build_model` and its config.
+Splits (a stratified holdout carved out of the training pool), model building (with an optional local weight
+file) and the augmentation switch live here too.  A subclass provides `data` (an object with x_train, y_train,
+x_test, y_test, num_classes), `model_kwargs` (what its model builders take besides `num_classes`) and its config.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Sequence
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmark.errors import FipbenchError
-from tasks.base import Batch, Sample, Task, labels_of
+from benchmark.registries import MODELS
+from benchmark.rng import generator as rng
+from tasks._samples import as_samples, stratified_split
+from tasks.base import Batch, Sample, Splits, Task, TaskConfig, labels_of, seeded_init
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassificationConfig(TaskConfig):
+    # The task's standard training augmentation, used by every training run: backdoor training and every
+    # tuning defense (the FIP authors' code and BackdoorBench both fine-tune with it).
+    augment: bool = True
+    # Optional local weight file loaded into every freshly built model before backdoor training (e.g. an
+    # ImageNet-pretrained ResNet-50 state_dict converted to safetensors, keys prefixed "1." for the model after
+    # Normalize).  Nothing is ever downloaded.
+    init_weights: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class CropFlipConfig(ClassificationConfig):
+    """Augmentation by random crop after zero padding by `pad` and an optional horizontal flip (images,
+    clips).  CIFAR recipe: pad 4 at 32 px, flip on; digits: pad 2, no flip."""
+
+    pad: int = 2
+    hflip: bool = False
+
+    def check(self) -> None:
+        super().check()
+        if self.pad < 0:
+            raise self.bad("pad", "must be >= 0")
 
 
 class ClassificationTask(Task):
     metric_name = "acc"
-    data: Any  # the dataset (an object with `num_classes`), built lazily by the subclass
+    Config: ClassVar[type[TaskConfig]] = ClassificationConfig
+    eval_batch_size: ClassVar[int] = 512  # inputs per forward in predict / metrics
+    data: Any  # the dataset, built lazily by the subclass (see the module docstring)
 
     @property
     def num_classes(self) -> int:
         return self.data.num_classes
+
+    @functools.cache
+    def splits(self) -> Splits:
+        d = self.data
+        # The holdout is carved out of the training pool (stratified, fixed by split_seed) and never poisoned.
+        train_idx, hold_idx = stratified_split(d.y_train, self.cfg.holdout_fraction,
+                                               rng(self.cfg.split_seed, self.dataset, "holdout"))
+        # In-memory float inputs give lists of Samples; uint8 inputs and lazy (file-backed) sources give views
+        # that build each Sample on access (see tasks._samples).
+        return Splits(train=as_samples(d.x_train, d.y_train, train_idx), test=as_samples(d.x_test, d.y_test),
+                      holdout=as_samples(d.x_train, d.y_train, hold_idx))
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """What this task's model builders take besides `num_classes` (input shape, normalisation, ...)."""
+        raise NotImplementedError
+
+    def build_model(self, arch: str, generator: torch.Generator | None = None) -> nn.Module:
+        builder = self.lookup(MODELS, arch, "model")
+        with seeded_init(generator):
+            model = builder(num_classes=self.num_classes, **self.model_kwargs())
+        init = getattr(self.cfg, "init_weights", None)
+        if init:
+            from benchmark.cache import load_weights  # safetensors or weights-only: never a pickle
+
+            path = Path(init).expanduser()
+            if not path.is_file():
+                raise FipbenchError(f"init_weights {str(path)!r} does not exist; give the path of a local "
+                                    f".safetensors (or weights-only .pt) file for model {arch!r}")
+            load_weights(model, path)
+        return model.to(self.device)
+
+    def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """Crop / flip under a `CropFlipConfig`; tasks with another recipe override this."""
+        cfg = self.cfg
+        if not isinstance(cfg, CropFlipConfig) or not cfg.augment or (cfg.pad == 0 and not cfg.hflip):
+            return batch
+        return self.crop_flip(batch, generator, cfg.pad, cfg.hflip)
 
     def collate(self, samples: Sequence[Sample]) -> Batch:
         return {"x": torch.stack([s.x for s in samples]),  # [B,C,H,W] images, [B,T,C,H,W] clips, [B,N,3] points
@@ -56,8 +128,9 @@ class ClassificationTask(Task):
         return {**batch, "y": y}
 
     @torch.no_grad()
-    def logits(self, model: nn.Module, data: Sequence[Sample], batch_size: int = 512) -> torch.Tensor:
+    def logits(self, model: nn.Module, data: Sequence[Sample], batch_size: int | None = None) -> torch.Tensor:
         """Model outputs [N,K] for every sample, in order (eval mode)."""
+        batch_size = batch_size or self.eval_batch_size
         model.eval()
         out = []
         for start in range(0, len(data), batch_size):
@@ -65,7 +138,7 @@ class ClassificationTask(Task):
             out.append(model(batch["x"]).float().cpu())
         return torch.cat(out) if out else torch.empty(0, self.num_classes)
 
-    def predict(self, model: nn.Module, data: Sequence[Sample], batch_size: int = 512) -> torch.Tensor:
+    def predict(self, model: nn.Module, data: Sequence[Sample], batch_size: int | None = None) -> torch.Tensor:
         return self.logits(model, data, batch_size).argmax(dim=1) if len(data) else torch.empty(0, dtype=torch.int64)
 
     def metrics(self, model: nn.Module, data: Sequence[Sample]) -> dict[str, float]:
