@@ -8,6 +8,7 @@ TASKS = Registry("task", group="fipbench.tasks", builtin={
     "image_classification": "tasks.image_classification.task",
     "object_detection": "tasks.object_detection.task",
     "video_recognition": "tasks.video_recognition.task",
+    "point_cloud": "tasks.point_cloud.task",
 })
 
 DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
@@ -24,6 +25,8 @@ DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
     "motions": "tasks.video_recognition.data",
     "ucf101": "tasks.video_recognition.real_data",
     "hmdb51": "tasks.video_recognition.real_data",
+    "solids": "tasks.point_cloud.data",
+    "modelnet40": "tasks.point_cloud.real_data",
 })
 
 MODELS = Registry("model", group="fipbench.models", builtin={
@@ -42,6 +45,10 @@ MODELS = Registry("model", group="fipbench.models", builtin={
     "r3d_18": "tasks.video_recognition.models",
     "r2plus1d_18": "tasks.video_recognition.models",
     "mc3_18": "tasks.video_recognition.models",
+    "small_pointnet": "tasks.point_cloud.models",
+    "pointnet": "tasks.point_cloud.models",
+    "pointnet2_ssg": "tasks.point_cloud.models",
+    "dgcnn": "tasks.point_cloud.models",
 })
 
 ATTACKS = Registry("attack", group="fipbench.attacks", builtin={
@@ -65,6 +72,9 @@ ATTACKS = Registry("attack", group="fipbench.attacks", builtin={
     "baddet_gma": "attacks.baddet_gma",
     "baddet_oda": "attacks.baddet_oda",
     "clean_label_video": "attacks.clean_label_video",
+    "pointba_i": "attacks.pointba_i",
+    "pointba_o": "attacks.pointba_o",
+    "pcba": "attacks.pcba",
 })
 
 DEFENSES = Registry("defense", group="fipbench.defenses", builtin={

@@ -66,7 +66,7 @@ def dummy_input(clean: Sequence[Sample], task: Task) -> torch.Tensor:
 class CLP(Defense):
     Config = CLPConfig
     version = 1
-    modalities = frozenset({"image", "video"})
+    modalities = frozenset({"image", "video", "points"})
     clean_data = "none (data-free: weights only)"
     paper = ("Zheng, Zhang, Wagner, Goldstein, Zhang, Data-free Backdoor Removal based on Channel Lipschitzness, "
              "ECCV 2022")

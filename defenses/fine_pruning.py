@@ -113,7 +113,7 @@ def column_mask(linear: nn.Linear, pruned: torch.Tensor, k: int) -> torch.Tensor
 class FinePruning(Defense):
     Config = FinePruningConfig
     version = 1
-    modalities = frozenset({"image", "video"})
+    modalities = frozenset({"image", "video", "points"})
     clean_data = "the clean holdout: activations, the pruning stop criterion and fine-tuning"
     paper = ("Liu, Dolan-Gavitt, Garg, Fine-Pruning: Defending Against Backdooring Attacks on Deep Neural "
              "Networks, RAID 2018")

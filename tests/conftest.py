@@ -95,3 +95,11 @@ def vid_task():
     from tasks.video_recognition import VideoRecognitionConfig, VideoRecognitionTask
 
     return VideoRecognitionTask("motions", VideoRecognitionConfig(holdout_fraction=0.05))
+
+
+@pytest.fixture(scope="session")
+def pc_task():
+    """The point-cloud task on the embedded generated solids, 5 % defense holdout."""
+    from tasks.point_cloud import PointCloudConfig, PointCloudTask
+
+    return PointCloudTask("solids", PointCloudConfig(holdout_fraction=0.05))

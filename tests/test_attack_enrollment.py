@@ -4,7 +4,8 @@ learned-state round trip through the artifact cache, train hooks inside `Task.fi
 Golden hashes live in tests/golden/attacks/<name>.sha256 (learned triggers add <name>.summary.json, compared with
 a tolerance when a CPU's floating-point path flips the hash; one file per attack, so adding an attack touches no
 shared file).  They are digests of uint8-quantised triggered images and labels on the embedded data of the attack's modality
-(digits for image attacks, the shapes scenes for detection attacks, the motion clips for video-only attacks) with the attack's `smoke_overrides`; regenerate one deliberately (after a behaviour change, with a version bump) with
+(digits for image attacks, the shapes scenes for detection attacks, the motion clips for video-only attacks, the
+solids for point-cloud attacks; a cloud in the unit ball is mapped to [0,1] first) with the attack's `smoke_overrides`; regenerate one deliberately (after a behaviour change, with a version bump) with
 `FIPBENCH_UPDATE_GOLDEN=1 python -m pytest tests/test_attack_enrollment.py -k NAME`.
 """
 
@@ -31,13 +32,29 @@ NAMES = [n for n in ATTACKS.names() if n != "none"]
 N_TRAIN = 400  # a slice of the digits training split: enough for every class, cheap to prepare on
 N_TRAIN_DET = 64  # detection: scenes hold several objects of every class; training a detector costs more
 N_TRAIN_VID = 160  # video: 20 clips of each of the 8 motions
-MODEL = {"image": "small_cnn", "detection": "small_fcos", "video": "small_c3d"}  # each modality's CPU model
+N_TRAIN_PC = 160  # points: 20 clouds of each of the 8 solids
+MODEL = {"image": "small_cnn", "detection": "small_fcos", "video": "small_c3d",
+         "points": "small_pointnet"}  # each modality's CPU model
 
 
 def modality(name: str) -> str:
     """The modality an attack is enrolled on: image where it supports images, else its own."""
     mods = ATTACKS.get(name).modalities
-    return "image" if "image" in mods else next(m for m in ("detection", "video") if m in mods)
+    return "image" if "image" in mods else next(m for m in ("detection", "video", "points") if m in mods)
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    """An input as values in [0,1]: images and clips as they are, a point cloud [P,3] in the unit ball mapped
+    by (x + 1) / 2."""
+    x = x.detach().float()
+    return (x + 1) / 2 if x.ndim == 2 and x.shape[-1] == 3 else x
+
+
+def valid(x: torch.Tensor) -> bool:
+    """Images and clips in [0,1]; point clouds inside the unit ball."""
+    if x.ndim == 2 and x.shape[-1] == 3:
+        return bool(x.float().norm(dim=-1).max() <= 1 + 1e-5)
+    return float(x.min()) >= 0 and float(x.max()) <= 1
 
 
 def plain(y):
@@ -50,7 +67,7 @@ def plain(y):
 def quantised_digest(samples) -> str:
     h = hashlib.sha256()
     for s in samples:
-        h.update((s.x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
+        h.update((unit(s.x).clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
         h.update(json.dumps([plain(s.y), s.index]).encode())
     return h.hexdigest()
 
@@ -61,11 +78,12 @@ def build(name: str, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def setting(task, det_task, vid_task):
+def setting(task, det_task, vid_task, pc_task):
     """name -> (task, train slice, test split, model arch) of the attack's modality."""
     slices = {"image": (task, Subset(task.splits().train, range(N_TRAIN))),
               "detection": (det_task, Subset(det_task.splits().train, range(N_TRAIN_DET))),
-              "video": (vid_task, Subset(vid_task.splits().train, range(N_TRAIN_VID)))}
+              "video": (vid_task, Subset(vid_task.splits().train, range(N_TRAIN_VID))),
+              "points": (pc_task, Subset(pc_task.splits().train, range(N_TRAIN_PC)))}
 
     def get(name):
         t, train = slices[modality(name)]
@@ -120,7 +138,7 @@ def test_triggers_are_valid_images_and_labels_follow_the_rule(name, setting, run
     for i in poisoned.indices[:16]:
         s, c = poisoned[i], poisoned.base[i]
         assert s.x.shape == c.x.shape and s.x.dtype == c.x.dtype and s.index == c.index
-        assert float(s.x.min()) >= 0 and float(s.x.max()) <= 1
+        assert valid(s.x)
         if poisoned.relabel:  # detection attacks rewrite the whole target dict in the trigger instead
             assert s.y == poisoned.labels[i]
         changed += not torch.equal(s.x, c.x)
@@ -134,7 +152,7 @@ def test_triggers_are_valid_images_and_labels_follow_the_rule(name, setting, run
     moved = sum(not torch.equal(triggered[i].x, clean[i].x) for i in range(min(16, len(clean))))
     assert moved >= 1, f"{name}: the test-time trigger changes nothing"
     for i in range(min(16, len(clean))):
-        assert float(triggered[i].x.min()) >= 0 and float(triggered[i].x.max()) <= 1
+        assert valid(triggered[i].x)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -147,11 +165,12 @@ def test_deterministic_by_seed_and_index_with_a_golden_hash(name, setting, runs)
     test = Subset(test_split, range(60))
     t1, _ = attack.triggered_test(task, test)
     t2, _ = again.triggered_test(task, test)
-    first = quantised_digest([poisoned[i] for i in probe] + [t1[i] for i in range(8)])
-    assert first == quantised_digest([poisoned2[i] for i in probe] + [t2[i] for i in range(8)])
+    m = min(8, len(t1))  # one-source-class attacks (PCBA) trigger only that class's test samples
+    first = quantised_digest([poisoned[i] for i in probe] + [t1[i] for i in range(m)])
+    assert first == quantised_digest([poisoned2[i] for i in probe] + [t2[i] for i in range(m)])
     # Access order plays no part.
-    assert quantised_digest([t1[i] for i in reversed(range(8))]) == \
-        quantised_digest([t2[i] for i in range(8)][::-1])
+    assert quantised_digest([t1[i] for i in reversed(range(m))]) == \
+        quantised_digest([t2[i] for i in range(m)][::-1])
 
     path = GOLDEN / f"{name}.sha256"
     # Triggers that come out of floating-point optimisation (learned state or train hooks) may differ in the
@@ -159,7 +178,7 @@ def test_deterministic_by_seed_and_index_with_a_golden_hash(name, setting, runs)
     # them the golden also keeps per-sample summaries, compared with a tolerance when the hash differs.
     learned = bool(attack.state_dict()) or bool(attack.train_hooks(task))
     summary_path = GOLDEN / f"{name}.summary.json"
-    samples = [poisoned[i] for i in probe] + [t1[i] for i in range(8)]
+    samples = [poisoned[i] for i in probe] + [t1[i] for i in range(m)]
     summary = {"mean": [round(float(s.x.float().mean()), 5) for s in samples],
                "std": [round(float(s.x.float().std()), 5) for s in samples],
                "labels": [plain(s.y) for s in samples], "index": [s.index for s in samples]}

@@ -16,7 +16,6 @@ from defenses.clp import CLP, CLPConfig, channel_lipschitz
 from defenses.fine_pruning import FinePruning, FinePruningConfig, channel_activations, find_feature_linear
 from defenses.ft_sam import FTSAM, FTSAMConfig
 from defenses.nad import AttentionDistillation, attention_loss, attention_map
-from tasks.base import FitConfig
 
 
 @pytest.fixture(scope="module")
