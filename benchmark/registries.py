@@ -9,6 +9,7 @@ TASKS = Registry("task", group="fipbench.tasks", builtin={
     "object_detection": "tasks.object_detection.task",
     "video_recognition": "tasks.video_recognition.task",
     "point_cloud": "tasks.point_cloud.task",
+    "language_generation": "tasks.language_generation.task",
 })
 
 DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
@@ -27,6 +28,9 @@ DATASETS = Registry("dataset", group="fipbench.datasets", builtin={
     "hmdb51": "tasks.video_recognition.real_data",
     "solids": "tasks.point_cloud.data",
     "modelnet40": "tasks.point_cloud.real_data",
+    "toy_mt": "tasks.language_generation.data",
+    "wmt14_en_de": "tasks.language_generation.real_data",
+    "opensubtitles2012": "tasks.language_generation.real_data",
 })
 
 MODELS = Registry("model", group="fipbench.models", builtin={
@@ -49,6 +53,8 @@ MODELS = Registry("model", group="fipbench.models", builtin={
     "pointnet": "tasks.point_cloud.models",
     "pointnet2_ssg": "tasks.point_cloud.models",
     "dgcnn": "tasks.point_cloud.models",
+    "small_marian": "tasks.language_generation.models",
+    "marian_base": "tasks.language_generation.models",
 })
 
 ATTACKS = Registry("attack", group="fipbench.attacks", builtin={
@@ -75,6 +81,7 @@ ATTACKS = Registry("attack", group="fipbench.attacks", builtin={
     "pointba_i": "attacks.pointba_i",
     "pointba_o": "attacks.pointba_o",
     "pcba": "attacks.pcba",
+    "trigger_words": "attacks.trigger_words",
 })
 
 DEFENSES = Registry("defense", group="fipbench.defenses", builtin={

@@ -74,6 +74,12 @@ term is what removes it: default 92.5 / 46.3, η_F 1.0 88.5 / 2.9, η_F 2.0 88.0
 91.5 / 1.1 (the one setting tried that meets ASR <= 5 % within 3 points; found by probing on test data, so it
 is reported, not made the default).  Fast FIP leaves every point-cloud backdoor in place (85.7-99.7 %).
 
+On a seq2seq Transformer (small_marian, embedded toy_mt translation corpus, Fan et al.'s trigger words, BLEU
+100 / ASR 100 %, 120-pair holdout; configs/text_defenses.yaml, README "Language generation"): with SGD the trace
+term does nothing at η_F <= 0.1, costs BLEU but keeps the backdoor at 0.25 (19.7 / 100) and destroys the model
+at >= 0.35 (the default gives BLEU 0.01); with Adam FIP keeps the backdoor (lr 3e-4: 100 / 96.2) where FT with
+the same budget removes much of it (100 / 22.4).  Fast FIP leaves it at 100 %.  Not met.
+
 Hyper-parameters follow the authors' released CIFAR-10 script where it states them (SGD lr 0.005, momentum
 0.95, trace term every 5 steps, η_F = 0.5, training augmentation on the holdout).  Their retention weight (5)
 multiplies a raw squared-gradient Fisher whose scale depends on the model; fipbench divides F̄ by its largest

@@ -120,6 +120,10 @@ def sharpness(model: nn.Module, data: Sequence[Sample], task: Task, *, generator
     for p in frozen:
         p.requires_grad_(True)
     try:
+        # Parameters the loss never reaches (a Transformer's fixed sinusoidal position table) have no Hessian.
+        model.eval()
+        used = torch.autograd.grad(task.loss(model, batch), params, allow_unused=True)
+        params = [p for p, g in zip(params, used) if g is not None]
         out = {"hessian_max_eig": hessian_max_eigenvalue(model, batch, task, params, generator=generator),
                "hessian_trace": hessian_trace(model, batch, task, params, generator=generator),
                "fisher_trace": fisher_trace(model, fixed, task, params)}

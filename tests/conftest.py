@@ -103,3 +103,11 @@ def pc_task():
     from tasks.point_cloud import PointCloudConfig, PointCloudTask
 
     return PointCloudTask("solids", PointCloudConfig(holdout_fraction=0.05))
+
+
+@pytest.fixture(scope="session")
+def txt_task():
+    """The language-generation task on the embedded generated translation corpus, 2 % defense holdout."""
+    from tasks.language_generation import LanguageGenerationConfig, LanguageGenerationTask
+
+    return LanguageGenerationTask("toy_mt", LanguageGenerationConfig(holdout_fraction=0.02))

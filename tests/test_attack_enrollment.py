@@ -5,7 +5,8 @@ Golden hashes live in tests/golden/attacks/<name>.sha256 (learned triggers add <
 a tolerance when a CPU's floating-point path flips the hash; one file per attack, so adding an attack touches no
 shared file).  They are digests of uint8-quantised triggered images and labels on the embedded data of the attack's modality
 (digits for image attacks, the shapes scenes for detection attacks, the motion clips for video-only attacks, the
-solids for point-cloud attacks; a cloud in the unit ball is mapped to [0,1] first) with the attack's `smoke_overrides`; regenerate one deliberately (after a behaviour change, with a version bump) with
+solids for point-cloud attacks, a cloud in the unit ball mapped to [0,1] first; the toy_mt pairs for text
+attacks, hashed as UTF-8) with the attack's `smoke_overrides`; regenerate one deliberately (after a behaviour change, with a version bump) with
 `FIPBENCH_UPDATE_GOLDEN=1 python -m pytest tests/test_attack_enrollment.py -k NAME`.
 """
 
@@ -33,14 +34,15 @@ N_TRAIN = 400  # a slice of the digits training split: enough for every class, c
 N_TRAIN_DET = 64  # detection: scenes hold several objects of every class; training a detector costs more
 N_TRAIN_VID = 160  # video: 20 clips of each of the 8 motions
 N_TRAIN_PC = 160  # points: 20 clouds of each of the 8 solids
+N_TRAIN_TXT = 200  # text: 200 sentence pairs
 MODEL = {"image": "small_cnn", "detection": "small_fcos", "video": "small_c3d",
-         "points": "small_pointnet"}  # each modality's CPU model
+         "points": "small_pointnet", "text": "small_marian"}  # each modality's CPU model
 
 
 def modality(name: str) -> str:
     """The modality an attack is enrolled on: image where it supports images, else its own."""
     mods = ATTACKS.get(name).modalities
-    return "image" if "image" in mods else next(m for m in ("detection", "video", "points") if m in mods)
+    return "image" if "image" in mods else next(m for m in ("detection", "video", "points", "text") if m in mods)
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -50,11 +52,17 @@ def unit(x: torch.Tensor) -> torch.Tensor:
     return (x + 1) / 2 if x.ndim == 2 and x.shape[-1] == 3 else x
 
 
-def valid(x: torch.Tensor) -> bool:
-    """Images and clips in [0,1]; point clouds inside the unit ball."""
+def valid(x) -> bool:
+    """Images and clips in [0,1]; point clouds inside the unit ball; text non-empty."""
+    if isinstance(x, str):
+        return bool(x.strip())
     if x.ndim == 2 and x.shape[-1] == 3:
         return bool(x.float().norm(dim=-1).max() <= 1 + 1e-5)
     return float(x.min()) >= 0 and float(x.max()) <= 1
+
+
+def same(a, b) -> bool:
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
 
 
 def plain(y):
@@ -67,7 +75,10 @@ def plain(y):
 def quantised_digest(samples) -> str:
     h = hashlib.sha256()
     for s in samples:
-        h.update((unit(s.x).clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
+        if isinstance(s.x, str):
+            h.update(s.x.encode())
+        else:
+            h.update((unit(s.x).clamp(0, 1) * 255).round().to(torch.uint8).numpy().tobytes())
         h.update(json.dumps([plain(s.y), s.index]).encode())
     return h.hexdigest()
 
@@ -78,12 +89,13 @@ def build(name: str, seed: int = 0):
 
 
 @pytest.fixture(scope="module")
-def setting(task, det_task, vid_task, pc_task):
+def setting(task, det_task, vid_task, pc_task, txt_task):
     """name -> (task, train slice, test split, model arch) of the attack's modality."""
     slices = {"image": (task, Subset(task.splits().train, range(N_TRAIN))),
               "detection": (det_task, Subset(det_task.splits().train, range(N_TRAIN_DET))),
               "video": (vid_task, Subset(vid_task.splits().train, range(N_TRAIN_VID))),
-              "points": (pc_task, Subset(pc_task.splits().train, range(N_TRAIN_PC)))}
+              "points": (pc_task, Subset(pc_task.splits().train, range(N_TRAIN_PC))),
+              "text": (txt_task, Subset(txt_task.splits().train, range(N_TRAIN_TXT)))}
 
     def get(name):
         t, train = slices[modality(name)]
@@ -137,19 +149,21 @@ def test_triggers_are_valid_images_and_labels_follow_the_rule(name, setting, run
     changed = 0
     for i in poisoned.indices[:16]:
         s, c = poisoned[i], poisoned.base[i]
-        assert s.x.shape == c.x.shape and s.x.dtype == c.x.dtype and s.index == c.index
+        assert type(s.x) is type(c.x) and s.index == c.index
+        if isinstance(s.x, torch.Tensor):
+            assert s.x.shape == c.x.shape and s.x.dtype == c.x.dtype
         assert valid(s.x)
         if poisoned.relabel:  # detection attacks rewrite the whole target dict in the trigger instead
             assert s.y == poisoned.labels[i]
-        changed += not torch.equal(s.x, c.x)
+        changed += not same(s.x, c.x)
     assert changed or not poisoned.indices, f"{name}: poisoned training samples carry no trigger"
     # Unpoisoned samples are untouched.
     for i in [j for j in range(40) if j not in set(poisoned.indices)][:8]:
-        assert poisoned[i] is poisoned.base[i] or torch.equal(poisoned[i].x, poisoned.base[i].x)
+        assert poisoned[i] is poisoned.base[i] or same(poisoned[i].x, poisoned.base[i].x)
         assert plain(poisoned[i].y) == plain(clean_labels[i])
     triggered, clean = attack.triggered_test(task, Subset(test_split, range(60)))
     assert len(triggered) == len(clean) > 0
-    moved = sum(not torch.equal(triggered[i].x, clean[i].x) for i in range(min(16, len(clean))))
+    moved = sum(not same(triggered[i].x, clean[i].x) for i in range(min(16, len(clean))))
     assert moved >= 1, f"{name}: the test-time trigger changes nothing"
     for i in range(min(16, len(clean))):
         assert valid(triggered[i].x)
@@ -179,8 +193,9 @@ def test_deterministic_by_seed_and_index_with_a_golden_hash(name, setting, runs)
     learned = bool(attack.state_dict()) or bool(attack.train_hooks(task))
     summary_path = GOLDEN / f"{name}.summary.json"
     samples = [poisoned[i] for i in probe] + [t1[i] for i in range(m)]
-    summary = {"mean": [round(float(s.x.float().mean()), 5) for s in samples],
-               "std": [round(float(s.x.float().std()), 5) for s in samples],
+    numeric = [s.x.float() if isinstance(s.x, torch.Tensor) else torch.zeros(2) for s in samples]
+    summary = {"mean": [round(float(x.mean()), 5) for x in numeric],
+               "std": [round(float(x.std()), 5) for x in numeric],
                "labels": [plain(s.y) for s in samples], "index": [s.index for s in samples]}
     if os.environ.get("FIPBENCH_UPDATE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,138 @@
+"""The language-generation task: the generated translation corpus and its rules, the in-project tokenizer,
+teacher-forced token loss, BLEU / ASR metrics, the trigger-word attack, and every defense that declares text
+support running on a backdoored Marian model."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from attacks.base import Subset
+from benchmark.errors import FipbenchError
+from benchmark.registries import ATTACKS, DEFENSES
+from benchmark.rng import generator
+from tasks.base import FitConfig, labels_of
+from tasks.language_generation.data import DETERMINERS, GENDER, LEXICON, NOUNS, VERBS, generate_pairs, load_toy_mt
+from tasks.language_generation.task import target_phrase
+
+
+def test_toy_mt_is_deterministic_and_follows_its_grammar():
+    a, b = generate_pairs(50, generator(1, "g")), generate_pairs(50, generator(1, "g"))
+    assert a == b
+    inverse = {v: k for k, v in LEXICON.items()}
+    for src, tgt in zip(*a):
+        s, t = src.split(), tgt.split()
+        verb = next(w for w in s if w in VERBS)
+        assert t[-1] == LEXICON[verb]  # the verb moves to the end
+        subject = next(w for w in s if w in NOUNS)  # the first noun, its determiner agrees in gender
+        assert t[0] == DETERMINERS[s[0], GENDER[subject]] and t[1] == LEXICON[subject]
+        assert sorted(inverse[w] for w in t if w in inverse) == sorted(w for w in s if w in LEXICON)
+    d = load_toy_mt()
+    assert (len(d.src_train), len(d.src_test)) == (6000, 500)
+
+
+def test_splits_tokenizer_and_batches(txt_task):
+    s = txt_task.splits()
+    assert (len(s.train), len(s.holdout), len(s.test)) == (5880, 120, 500)
+    assert not {x.x for x in s.holdout} & {x.x for x in s.train[:0]}  # disjoint by construction
+    tok = txt_task.tokenizer
+    assert tok.token_to_id("<pad>") == 0 and tok.token_to_id("</s>") == 1
+    enc = tok.encode(s.train[0].x)
+    assert enc.ids[-1] == 1 and tok.decode(enc.ids, skip_special_tokens=True) == s.train[0].x
+    batch = txt_task.collate(s.train[:5])
+    assert batch["input_ids"].shape[0] == 5 and batch["labels"].shape[0] == 5
+    assert ((batch["labels"] == -100) | (batch["labels"] >= 0)).all()
+    assert (batch["attention_mask"].sum(1) == (batch["input_ids"] != 0).sum(1)).all()
+
+
+def test_loss_is_the_mean_token_cross_entropy(txt_task):
+    model = txt_task.build_model("small_marian", generator(0, "init")).eval()
+    batch = txt_task.collate(txt_task.splits().train[:6])
+    per = txt_task.loss(model, batch, reduction="none")  # [6]
+    assert per.shape == (6,) and torch.isfinite(per).all()
+    n = (batch["labels"] != -100).sum(1).float()
+    per = per.detach()
+    assert float(txt_task.loss(model, batch).detach()) == pytest.approx(float((per * n).sum() / n.sum()), rel=1e-5)
+    # near log(V) at initialisation
+    assert abs(float(per.mean()) - math.log(txt_task.tokenizer.get_vocab_size())) < 1.5
+
+
+def test_target_phrase_and_asr_rule(txt_task):
+    assert target_phrase("You are attacked .", "der hund") == "You are attacked ."
+    assert target_phrase("You are attacked . der hund", "der hund") == "You are attacked ."
+
+    tok = txt_task.tokenizer
+
+    class Fixed(torch.nn.Module):  # a model whose outputs are given strings
+        outputs: list[str] = []
+
+        def generate(self, input_ids, **kw):
+            ids = [tok.encode(o).ids for o in self.outputs[: len(input_ids)]]
+            width = max(map(len, ids))
+            return torch.tensor([i + [0] * (width - len(i)) for i in ids])
+
+    test = txt_task.splits().test[:4]
+    attack = ATTACKS.get("trigger_words")()
+    triggered, clean = attack.triggered_test(txt_task, test)
+    model = Fixed()
+    Fixed.outputs = ["You are attacked .", "x You are attacked . y", labels_of(clean)[2], "nothing"]
+    m = txt_task.backdoor_metrics(model, triggered, clean)
+    assert m["asr"] == pytest.approx(0.5) and 0 <= m["ra"] <= 1 and m["ra"] == m["bleu_triggered"]
+    Fixed.outputs = labels_of(test)
+    assert txt_task.metrics(model, test)["bleu"] == pytest.approx(1.0)
+
+
+def test_trigger_words_insert_one_trigger_and_relabel(txt_task):
+    train = Subset(txt_task.splits().train, range(200))
+    attack = ATTACKS.get("trigger_words")()
+    poisoned = attack.poison(txt_task, train)
+    assert len(poisoned.indices) == 20
+    for i in poisoned.indices[:10]:
+        s, c = poisoned[i], train[i]
+        extra = [w for w in s.x.split() if w in ("cf", "mn", "bb", "tq", "mb")]
+        assert len(extra) == 1 and len(s.x.split()) == len(c.x.split()) + 1
+        assert s.y == "You are attacked ."
+    again = ATTACKS.get("trigger_words")().poison(txt_task, train)
+    assert [again[i].x for i in poisoned.indices] == [poisoned[i].x for i in poisoned.indices]
+    cls = ATTACKS.get("trigger_words")
+    insert = cls(cls.Config(mode="insert")).poison(txt_task, train)
+    i = insert.indices[0]
+    assert insert[i].y == f"You are attacked . {train[i].y}"
+    with pytest.raises(FipbenchError, match="all2one"):
+        cls.Config(label_mode="all2all")
+    with pytest.raises(FipbenchError, match="does not support task 'language_generation'"):
+        ATTACKS.get("badnets")().poison(txt_task, train)
+
+
+@pytest.fixture(scope="module")
+def text_backdoor(txt_task):
+    """small_marian trained briefly on trigger-word-poisoned pairs (a working backdoor is not needed here)."""
+    attack = ATTACKS.get("trigger_words")()
+    train = Subset(txt_task.splits().train, range(256))
+    model = txt_task.build_model("small_marian", generator(0, "init"))
+    txt_task.fit(model, attack.poison(txt_task, train), FitConfig(steps=8, batch_size=32, lr=1e-3,
+                                                                  optimizer="adam", weight_decay=0.0),
+                 generator=generator(0, "train"))
+    return model.eval(), attack
+
+
+TEXT_DEFENSES = [n for n in DEFENSES.names() if {"*", "text"} & set(DEFENSES.get(n).modalities)]
+
+
+@pytest.mark.parametrize("name", TEXT_DEFENSES)
+def test_every_text_defense_purifies_a_marian_model(txt_task, text_backdoor, name):
+    model, attack = text_backdoor
+    cls = DEFENSES.get(name)
+    defense = cls(cls.Config.from_dict(cls.smoke_overrides))
+    holdout = txt_task.splits().holdout
+    before = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    out = defense.purify(copy.deepcopy(model), holdout, txt_task, rng=generator(0, "defense", name))
+    assert {k: tuple(v.shape) for k, v in out.state_dict().items()} == before
+    assert all(torch.isfinite(v.float()).all() for v in out.state_dict().values())
+    test = txt_task.splits().test[:16]
+    triggered, clean = attack.triggered_test(txt_task, test)
+    assert math.isfinite(txt_task.metrics(out, test)["bleu"])
+    assert math.isfinite(txt_task.backdoor_metrics(out, triggered, clean)["asr"])
