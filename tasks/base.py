@@ -197,8 +197,17 @@ class Task(abc.ABC):
             desc: str = "train") -> FitResult:
         """Minimise `self.loss` (plus whatever hooks add) over `data`; returns step count and wall time.
 
-        `params` restricts what is optimised (default: every parameter with requires_grad).
+        `params` restricts what is optimised (default: every parameter with requires_grad).  Dropout and
+        anything else that draws from torch's global RNG during training is seeded from `generator` (on a
+        forked RNG, so the caller's global state is untouched): a run does not depend on what ran before it
+        in the same process.
         """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed((generator.initial_seed() + 1) % 2 ** 63)  # a stream apart from the data order's
+            return self._fit(model, data, cfg, hooks=hooks, generator=generator, params=params, desc=desc)
+
+    def _fit(self, model: nn.Module, data: Sequence[Sample], cfg: FitConfig, *, hooks: Iterable[Hook],
+             generator: torch.Generator, params: Iterable[nn.Parameter] | None, desc: str) -> FitResult:
         from benchmark.progress import progress_bar  # rich is imported only when something trains
 
         hooks = list(hooks)
