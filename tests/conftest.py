@@ -111,3 +111,9 @@ def txt_task():
     from tasks.language_generation import LanguageGenerationConfig, LanguageGenerationTask
 
     return LanguageGenerationTask("toy_mt", LanguageGenerationConfig(holdout_fraction=0.02))
+
+
+@pytest.fixture
+def no_env_root(monkeypatch):
+    """No $FIPBENCH_DATA: a loader given no root must fail, whatever the machine's environment says."""
+    monkeypatch.delenv("FIPBENCH_DATA", raising=False)

@@ -10,21 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.errors import FipbenchError
+from _helpers import one_line_error
 from tasks.object_detection.real_data import VOC_CLASSES, load_coco2017, load_voc2007, load_voc2012
 
 
-@pytest.fixture(autouse=True)
-def _no_env_root(monkeypatch):
-    monkeypatch.delenv("FIPBENCH_DATA", raising=False)
-
-
-def one_line_error(fn, *args) -> str:
-    with pytest.raises(FipbenchError) as info:
-        fn(*args)
-    msg = str(info.value)
-    assert "\n" not in msg
-    return msg
+pytestmark = pytest.mark.usefixtures("no_env_root")  # loaders must not see a real $FIPBENCH_DATA
 
 
 def jpeg(path, size, color=(200, 30, 30), mode="RGB") -> None:

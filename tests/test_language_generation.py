@@ -4,7 +4,6 @@ support running on a backdoored Marian model."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -14,6 +13,7 @@ from attacks.base import Subset
 from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS, DEFENSES
 from benchmark.rng import generator
+from _helpers import assert_defense_purifies
 from tasks.base import FitConfig, labels_of
 from tasks.language_generation.data import DETERMINERS, GENDER, LEXICON, NOUNS, VERBS, generate_pairs, load_toy_mt
 from tasks.language_generation.task import target_phrase
@@ -125,14 +125,4 @@ TEXT_DEFENSES = [n for n in DEFENSES.names() if {"*", "text"} & set(DEFENSES.get
 @pytest.mark.parametrize("name", TEXT_DEFENSES)
 def test_every_text_defense_purifies_a_marian_model(txt_task, text_backdoor, name):
     model, attack = text_backdoor
-    cls = DEFENSES.get(name)
-    defense = cls(cls.Config.from_dict(cls.smoke_overrides))
-    holdout = txt_task.splits().holdout
-    before = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    out = defense.purify(copy.deepcopy(model), holdout, txt_task, rng=generator(0, "defense", name))
-    assert {k: tuple(v.shape) for k, v in out.state_dict().items()} == before
-    assert all(torch.isfinite(v.float()).all() for v in out.state_dict().values())
-    test = txt_task.splits().test[:16]
-    triggered, clean = attack.triggered_test(txt_task, test)
-    assert math.isfinite(txt_task.metrics(out, test)["bleu"])
-    assert math.isfinite(txt_task.backdoor_metrics(out, triggered, clean)["asr"])
+    assert_defense_purifies(txt_task, model, attack, name, txt_task.splits().test[:16])

@@ -4,7 +4,6 @@ point-cloud support running on a backdoored PointNet."""
 
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
@@ -14,6 +13,7 @@ from attacks.base import Subset
 from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS, DEFENSES
 from benchmark.rng import generator
+from _helpers import assert_defense_purifies
 from tasks.base import FitConfig, labels_of
 from tasks.point_cloud.data import SOLIDS, generate_solids, normalise, rotation, sample_solid
 from tasks.point_cloud.models import ball_query, farthest_point_sample, gather, knn
@@ -174,17 +174,7 @@ POINT_DEFENSES = [n for n in DEFENSES.names() if {"*", "points"} & set(DEFENSES.
 @pytest.mark.parametrize("name", POINT_DEFENSES)
 def test_every_point_defense_purifies_a_pointnet(pc_task, point_backdoor, name):
     model, attack = point_backdoor
-    cls = DEFENSES.get(name)
-    defense = cls(cls.Config.from_dict(cls.smoke_overrides))
-    holdout = pc_task.splits().holdout
-    before = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    out = defense.purify(copy.deepcopy(model), holdout, pc_task, rng=generator(0, "defense", name))
-    assert {k: tuple(v.shape) for k, v in out.state_dict().items()} == before
-    assert all(torch.isfinite(v.float()).all() for v in out.state_dict().values())
-    test = Subset(pc_task.splits().test, range(80))
-    triggered, clean = attack.triggered_test(pc_task, test)
-    assert math.isfinite(pc_task.metrics(out, test)["acc"])
-    assert math.isfinite(pc_task.backdoor_metrics(out, triggered, clean)["asr"])
+    assert_defense_purifies(pc_task, model, attack, name, Subset(pc_task.splits().test, range(80)))
 
 
 def test_normalise_centres_and_scales_into_the_unit_ball():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.errors import FipbenchError
+from _helpers import one_line_error
 from benchmark.registries import DATASETS
 from tasks.point_cloud import real_data
 from tasks.point_cloud.real_data import load_modelnet40
@@ -18,16 +18,7 @@ from tasks.point_cloud.real_data import load_modelnet40
 H5_CLASSES = ["airplane", "bathtub", "bed"]
 
 
-@pytest.fixture(autouse=True)
-def _no_env_root(monkeypatch):
-    monkeypatch.delenv("FIPBENCH_DATA", raising=False)
-
-
-def one_line_error(fn, *args, match: str, **kw) -> str:
-    with pytest.raises(FipbenchError, match=match) as info:
-        fn(*args, **kw)
-    assert "\n" not in str(info.value)
-    return str(info.value)
+pytestmark = pytest.mark.usefixtures("no_env_root")  # loaders must not see a real $FIPBENCH_DATA
 
 
 def norms_ok(x: torch.Tensor) -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.errors import FipbenchError
+from _helpers import one_line_error
 from benchmark.registries import DATASETS
 from tasks.image_classification import ImageClassificationConfig, ImageClassificationTask
 from tasks.image_classification.data import ImageSource, SampleView
@@ -22,17 +22,7 @@ from tasks.image_classification.real_data import (load_cifar10, load_gtsrb, load
 COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]  # solid colour per class: survives resize and JPEG
 
 
-@pytest.fixture(autouse=True)
-def _no_env_root(monkeypatch):
-    monkeypatch.delenv("FIPBENCH_DATA", raising=False)
-
-
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(FipbenchError) as info:
-        fn(*args, **kwargs)
-    msg = str(info.value)
-    assert "\n" not in msg
-    return msg
+pytestmark = pytest.mark.usefixtures("no_env_root")  # loaders must not see a real $FIPBENCH_DATA
 
 
 def solid(size: tuple[int, int], color, mode: str = "RGB") -> Image.Image:

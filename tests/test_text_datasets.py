@@ -9,23 +9,14 @@ import gzip
 
 import pytest
 
-from benchmark.errors import FipbenchError
+from _helpers import one_line_error
 from benchmark.registries import DATASETS
 from tasks.language_generation import real_data
 from tasks.language_generation.data import TextData
 from tasks.language_generation.real_data import load_opensubtitles2012, load_wmt14_en_de
 
 
-@pytest.fixture(autouse=True)
-def _no_env_root(monkeypatch):
-    monkeypatch.delenv("FIPBENCH_DATA", raising=False)
-
-
-def one_line_error(fn, *args, match: str, **kw) -> str:
-    with pytest.raises(FipbenchError, match=match) as info:
-        fn(*args, **kw)
-    assert "\n" not in str(info.value)
-    return str(info.value)
+pytestmark = pytest.mark.usefixtures("no_env_root")  # loaders must not see a real $FIPBENCH_DATA
 
 
 def write(path, lines, end: str = "\n") -> None:

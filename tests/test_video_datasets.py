@@ -11,7 +11,7 @@ import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from benchmark.errors import FipbenchError
+from _helpers import one_line_error
 from benchmark.registries import DATASETS
 from tasks.video_recognition.data import ClipSource
 from tasks.video_recognition.real_data import (KINETICS_MEAN, frame_indices, load_hmdb51, load_ucf101,
@@ -22,9 +22,7 @@ W, H = 40, 32
 TOL = 14 / 255  # MPEG-4 + YUV 4:2:0 round trip of a flat grey frame
 
 
-@pytest.fixture(autouse=True)
-def _no_env_root(monkeypatch):
-    monkeypatch.delenv("FIPBENCH_DATA", raising=False)
+pytestmark = pytest.mark.usefixtures("no_env_root")  # loaders must not see a real $FIPBENCH_DATA
 
 
 def level(i: int) -> float:
@@ -46,13 +44,6 @@ def write_avi(path, n: int = N_FRAMES) -> None:
 
 def brightness(clip: torch.Tensor) -> list[float]:
     return clip.mean(dim=(1, 2, 3)).tolist()  # [T]
-
-
-def one_line_error(fn, *args, match: str, **kw) -> str:
-    with pytest.raises(FipbenchError, match=match) as info:
-        fn(*args, **kw)
-    assert "\n" not in str(info.value)
-    return str(info.value)
 
 
 # -- UCF-101 -------------------------------------------------------------------------------------------------

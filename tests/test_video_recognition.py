@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 
 import pytest
 import torch
@@ -15,6 +14,7 @@ from attacks.base import Subset
 from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS, DEFENSES
 from benchmark.rng import generator
+from _helpers import assert_defense_purifies
 from tasks.base import FitConfig, Sample, labels_of
 from tasks.video_recognition.data import MOTIONS, VideoData, generate_motions, render_clip
 
@@ -150,17 +150,7 @@ VIDEO_DEFENSES = [n for n in DEFENSES.names()
 @pytest.mark.parametrize("name", VIDEO_DEFENSES)
 def test_every_video_defense_purifies_a_3d_cnn(vid_task, video_backdoor, name):
     model, attack = video_backdoor
-    cls = DEFENSES.get(name)
-    defense = cls(cls.Config.from_dict(cls.smoke_overrides))
-    holdout = vid_task.splits().holdout
-    before = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    out = defense.purify(copy.deepcopy(model), holdout, vid_task, rng=generator(0, "defense", name))
-    assert {k: tuple(v.shape) for k, v in out.state_dict().items()} == before
-    assert all(torch.isfinite(v.float()).all() for v in out.state_dict().values())
-    test = Subset(vid_task.splits().test, range(80))
-    triggered, clean = attack.triggered_test(vid_task, test)
-    assert math.isfinite(vid_task.metrics(out, test)["acc"])
-    assert math.isfinite(vid_task.backdoor_metrics(out, triggered, clean)["asr"])
+    assert_defense_purifies(vid_task, model, attack, name, Subset(vid_task.splits().test, range(80)))
 
 
 def test_samples_are_frozen_clips(vid_task):

@@ -1,0 +1,37 @@
+"""Assertions shared by several test modules (imported as `_helpers`: pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import pytest
+import torch
+
+from benchmark.errors import FipbenchError
+from benchmark.registries import DEFENSES
+from benchmark.rng import generator
+
+
+def one_line_error(fn, *args, match: str | None = None, **kw) -> str:
+    """`fn(*args, **kw)` raises a FipbenchError (matching `match`) whose message is one line; returns it."""
+    with pytest.raises(FipbenchError, match=match) as info:
+        fn(*args, **kw)
+    msg = str(info.value)
+    assert "\n" not in msg
+    return msg
+
+
+def assert_defense_purifies(task, model: torch.nn.Module, attack, name: str, test: Sequence) -> None:
+    """Defense `name` (with its smoke overrides) on a copy of `model`: same state-dict keys and shapes, finite
+    weights, and finite clean and backdoor metrics on `test`."""
+    cls = DEFENSES.get(name)
+    defense = cls(cls.Config.from_dict(cls.smoke_overrides))
+    before = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    out = defense.purify(copy.deepcopy(model), task.splits().holdout, task, rng=generator(0, "defense", name))
+    assert {k: tuple(v.shape) for k, v in out.state_dict().items()} == before
+    assert all(torch.isfinite(v.float()).all() for v in out.state_dict().values())
+    triggered, clean = attack.triggered_test(task, test)
+    assert math.isfinite(task.metrics(out, test)[task.metric_name])
+    assert math.isfinite(task.backdoor_metrics(out, triggered, clean)["asr"])
