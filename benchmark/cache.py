@@ -34,6 +34,10 @@ class ArtifactCache:
     def dir(self, key: str) -> Path:
         return self.root / key
 
+    def has(self, key: str) -> bool:
+        """A complete-looking artifact is present (cheap: the weights are re-hashed only by `load`)."""
+        return (self.dir(key) / "manifest.json").is_file()
+
     def load(self, key: str, model: nn.Module, attack: Any = None) -> dict[str, Any] | None:
         """Fill `model` (and `attack`'s learned trigger state) from the cache and return the manifest, or None
         if absent or corrupt."""

@@ -48,6 +48,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     run.add_argument("--no-sharpness", dest="sharpness", action="store_false",
                      help="skip the Hessian/Fisher sharpness figures before and after each defense")
+    run.add_argument("--only", action="append", default=[], metavar="FIELD=PATTERN",
+                     help="run only cells matching (fields: task, dataset, model, attack, defense, seed; globs; "
+                          "comma = or; repeat = and), e.g. --only task=point_cloud --only defense=fip,fast_fip")
+    run.add_argument("--skip", action="append", default=[], metavar="FIELD=PATTERN",
+                     help="drop cells matching (same syntax as --only; repeat = or)")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the cell plan (done/pending, artifact cached/to train) and run nothing")
+    run.add_argument("--executor", default="local", help="where cells run: local (this process, default) or ray")
+    run.add_argument("--ray-address", default="auto",
+                     help="Ray cluster address (default: auto, the cluster started by `ray start`; local: a "
+                          "private one-node cluster)")
+    run.add_argument("--cpus-per-cell", type=int, default=1,
+                     help="CPUs a Ray task reserves; also its torch threads (default: 1)")
+    run.add_argument("--gpus-per-cell", type=float, default=None,
+                     help="GPUs a Ray task reserves (default: 1 with --device cuda, else 0)")
+    run.add_argument("--retries", type=int, default=2, help="reruns of a cell whose Ray worker died (default: 2)")
 
     ls = sub.add_parser("ls", help="list registered components")
     ls.add_argument("kind", nargs="?", choices=sorted(ALL), help="one kind (default: all)")
@@ -55,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check a matrix file without running it")
     val.add_argument("config")
 
-    lb = sub.add_parser("leaderboard", help="rebuild results/leaderboard.{md,csv} from the records")
+    lb = sub.add_parser("leaderboard", help="rebuild results/leaderboard.{md,csv,tex,html} from the records")
     lb.add_argument("--results", type=Path, default=Path("results"))
 
     sh = sub.add_parser("sharpness", help="largest Hessian eigenvalue, Hessian trace and Fisher trace of a model "
@@ -107,13 +123,18 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from benchmark.plan import format_plan, plan_rows, select
+    from benchmark.registries import EXECUTORS
     from benchmark.spec import load_matrix, validate
 
     matrix = load_matrix(resolve_config(args.config))
     validate(matrix)
+    cells = select(matrix.cells, args.only, args.skip)
+    executor_cls = EXECUTORS.get(args.executor, "--executor")  # before any work: a typo fails at once
     import torch
 
     from benchmark import leaderboard
+    from benchmark.executors import ExecutorOptions
     from benchmark.runner import Runner
 
     if args.threads:
@@ -122,10 +143,17 @@ def _run(args: argparse.Namespace) -> int:
         raise FipbenchError(f"--device {args.device} asked for, but torch sees no CUDA device; use --device cpu")
     runner = Runner(args.results, args.cache, data_root=args.data_root, device=args.device, force=args.force,
                     sharpness=args.sharpness)
-    print(f"fipbench: {matrix.name}: {len(matrix.cells)} cells -> {args.results}/records")
-    runner.run(matrix.cells)
+    if args.dry_run:
+        print(format_plan(plan_rows(cells, None if args.force else runner.store, runner.cache)))
+        return 0
+    gpus = args.gpus_per_cell if args.gpus_per_cell is not None else float(args.device.startswith("cuda"))
+    executor = executor_cls(ExecutorOptions(address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
+                                            gpus_per_cell=gpus, retries=args.retries))
+    print(f"fipbench: {matrix.name}: {len(cells)} of {len(matrix.cells)} cells -> {args.results}/records "
+          f"({args.executor} executor)")
+    runner.run(cells, executor)
     paths = leaderboard.write(runner.store.all(), args.results)
-    print(f"fipbench: leaderboard written to {paths['md']} and {paths['csv']}")
+    print(f"fipbench: leaderboard written to {', '.join(str(p) for k, p in paths.items() if k != 'sharpness')}")
     return 0
 
 

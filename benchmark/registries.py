@@ -101,4 +101,11 @@ DEFENSES = Registry("defense", group="fipbench.defenses", builtin={
     "neural_cleanse": "defenses.neural_cleanse",
 })
 
-ALL = {"tasks": TASKS, "datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES}
+# Where cells execute (benchmark/executors): in this process, or as tasks on a Ray cluster.
+EXECUTORS = Registry("executor", group="fipbench.executors", builtin={
+    "local": "benchmark.executors.local",
+    "ray": "benchmark.executors.ray",
+})
+
+ALL = {"tasks": TASKS, "datasets": DATASETS, "models": MODELS, "attacks": ATTACKS, "defenses": DEFENSES,
+       "executors": EXECUTORS}

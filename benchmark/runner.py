@@ -39,27 +39,37 @@ class Runner:
         self._tasks: dict[str, Task] = {}
 
     # -- public -------------------------------------------------------------------------------------------
-    def run(self, cells: Iterable[RunSpec]) -> list[Record]:
+    def run(self, cells: Iterable[RunSpec], executor: Any = None) -> list[Record]:
+        """Run the cells without a record (all with `force`) on `executor` (default: in this process) and store
+        each record as it arrives; returns the records of all `cells`, in order."""
+        from benchmark.executors.local import LocalExecutor
+
         cells = list(cells)
-        done: list[Record] = []
-        for i, spec in enumerate(cells, 1):
-            cid = spec.cell_id()
-            existing = None if self.force else self.store.get(cid)
-            if existing is not None:
-                self.log(f"[{i}/{len(cells)}] cached  {spec.describe()}")
-                done.append(existing)
-                continue
-            self.log(f"[{i}/{len(cells)}] running {spec.describe()}")
-            record = self.run_cell(spec)
-            self.store.put(record)
-            done.append(record)
+        records: dict[str, Record] = {}
+        pending: list[RunSpec] = []
+        for spec in cells:
+            existing = None if self.force else self.store.get(spec.cell_id())
+            if existing is None:
+                pending.append(spec)
+            else:
+                records[spec.cell_id()] = existing
+        if records:
+            self.log(f"          {len(records)} of {len(cells)} cells already have records (cached)")
+        for spec, record in (executor or LocalExecutor()).execute(self, pending):
+            self.store.put(record)  # the driver alone writes records
+            records[spec.cell_id()] = record
             m = record["metrics"]
             if m is not None:
                 self.log(f"          {m['metric_name']}={m['clean']:.4f} asr={_fmt(m['asr'])} ra={_fmt(m['ra'])} "
                          f"({record['timings']['defense_seconds']:.1f}s defense)")  # type: ignore[index]
             else:
                 self.log(f"          skipped: {record['reason']}")
-        return done
+        return [records[spec.cell_id()] for spec in cells]
+
+    def worker_options(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this runner on another process (an executor's worker)."""
+        return {"results": self.store.root, "cache": self.cache.root, "data_root": self.data_root,
+                "device": self.device, "force": self.force, "sharpness": self.sharpness}
 
     def run_cell(self, spec: RunSpec) -> Record:
         resolved = spec.resolved()

@@ -154,6 +154,12 @@ def validate(matrix: Matrix) -> None:
             cid = spec.cell_id()
         except FipbenchError as err:
             raise FipbenchError(f"{matrix.source}: {spec.describe()}: {err}") from None
+        task_cls, attack_cls = TASKS.get(spec.task), ATTACKS.get(spec.attack.name)
+        if task_cls.modality not in attack_cls.modalities:
+            raise FipbenchError(f"{matrix.source}: {spec.describe()}: attack {spec.attack.name!r} does not support "
+                                f"task {spec.task!r} (modality {task_cls.modality!r}; it supports "
+                                f"{', '.join(sorted(attack_cls.modalities))}); pick an attack listed for that task "
+                                f"in `fipbench ls attacks`")
         if cid in seen:
             raise FipbenchError(f"{matrix.source}: cells {seen[cid]!r} and {spec.describe()!r} are identical; "
                                 f"remove the duplicate entry")

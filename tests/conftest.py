@@ -117,3 +117,85 @@ def txt_task():
 def no_env_root(monkeypatch):
     """No $FIPBENCH_DATA: a loader given no root must fail, whatever the machine's environment says."""
     monkeypatch.delenv("FIPBENCH_DATA", raising=False)
+
+
+# A defense package outside fipbench, declared through the `fipbench.defenses` entry point (the README's "Add
+# your defense" walkthrough, verbatim in spirit): `ft_head` re-trains the last two parameter tensors on the
+# holdout; `crash_once` kills its own process the first time it runs (marker file), to test Ray's retry.
+PLUGIN_PYPROJECT = """
+[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "fipbench-toy-defense"
+version = "0.1.0"
+dependencies = ["fipbench"]
+
+[project.entry-points."fipbench.defenses"]
+ft_head = "fipbench_toy_defense"
+crash_once = "fipbench_toy_defense:CrashOnce"
+
+[tool.setuptools]
+py-modules = ["fipbench_toy_defense"]
+"""
+
+PLUGIN_MODULE = '''
+"""A toy third-party defense package for fipbench."""
+import dataclasses
+import os
+
+from benchmark.registries import DEFENSES
+from defenses.base import Defense, DefenseConfig, TuningConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class FtHeadConfig(TuningConfig):
+    tensors: int = 2  # how many of the last parameter tensors to re-train
+
+
+@DEFENSES.register("ft_head")
+class FtHead(Defense):
+    Config = FtHeadConfig
+    paper = "toy plugin"
+
+    def purify(self, model, clean, task, *, rng):
+        params = [p for p in model.parameters() if p.requires_grad][-self.cfg.tensors:]
+        fit = task.fit(model, clean, self.cfg.fit, generator=rng, params=params, desc="ft_head")
+        self.report = {"tuned_params": sum(p.numel() for p in params), "steps": fit.steps}
+        return model
+
+
+@dataclasses.dataclass(frozen=True)
+class CrashOnceConfig(DefenseConfig):
+    marker: str = ""  # file created on the first call; that call then kills its process
+
+
+class CrashOnce(Defense):
+    Config = CrashOnceConfig
+    paper = "toy plugin (fault injection)"
+
+    def purify(self, model, clean, task, *, rng):
+        if self.cfg.marker and not os.path.exists(self.cfg.marker):
+            open(self.cfg.marker, "w").close()
+            os._exit(1)  # a worker dying mid-cell, like an out-of-memory kill
+        self.report = {"tuned_params": 0, "steps": 0}
+        return model
+'''
+
+
+@pytest.fixture(scope="session")
+def plugin_site(tmp_path_factory) -> Path:
+    """A folder holding the toy defense package, pip-installed with --target (so the project's venv is left
+    as it is): put it on PYTHONPATH and its entry points are visible."""
+    import subprocess
+
+    root = tmp_path_factory.mktemp("plugin")
+    src, site = root / "src", root / "site"
+    src.mkdir()
+    (src / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
+    (src / "fipbench_toy_defense.py").write_text(PLUGIN_MODULE)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                    "--no-build-isolation", "--no-index", "--target", str(site), str(src)], check=True,
+                   capture_output=True)
+    return site

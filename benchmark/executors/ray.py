@@ -1,0 +1,143 @@
+"""Cells as Ray tasks on a Ray cluster (optional extra: `pip install -e '.[ray]'`).
+
+    ray start --head --num-cpus 8                  # on the head node; workers: ray start --address HEAD:6379
+    fipbench run paper --executor ray --cpus-per-cell 2 --gpus-per-cell 1
+
+Each cell is one task reserving `cpus_per_cell` CPUs (also its torch intra-op threads, so a cell computes the
+same numbers as `fipbench run --threads N` in one process) and `gpus_per_cell` GPUs.  The driver alone writes
+records, as each task returns; a worker that dies (killed, out of memory, node lost) loses only its cell, which
+Ray runs again up to `retries` times.  An error raised by a cell itself (a missing dataset, a bad config) is
+not retried: the driver waits for the cells already running, keeps their records, and reports the error.
+
+Ray 2.5x clusters use token authentication: a driver given an explicit `--ray-address` sends the token only
+with RAY_AUTH_MODE=token set (`auto` finds it by itself).
+
+The attack-artifact cache and the dataset root must be paths every node can read and write (a shared
+filesystem on a multi-node cluster; on one machine, the local paths).  The first cell of each artifact trains
+and caches the backdoored model; the artifact's other cells are submitted when it has finished.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmark.errors import FipbenchError
+from benchmark.executors import ExecutorOptions, by_artifact
+from benchmark.registries import EXECUTORS
+
+_WORKER_RUNNERS: dict[str, Any] = {}  # per worker process: Runner by options, so tasks of a worker reuse data
+
+
+def run_cell_on_worker(options: dict[str, Any], spec, threads: int):
+    """The Ray task body: one cell's record, computed on a worker (which writes nothing but the artifact)."""
+    import torch
+
+    from benchmark.runner import Runner
+
+    torch.set_num_threads(threads)
+    key = repr(sorted(options.items()))
+    if key not in _WORKER_RUNNERS:
+        _WORKER_RUNNERS[key] = Runner(log=lambda msg: None, **options)
+    return _WORKER_RUNNERS[key].run_cell(spec)
+
+
+def _reachable(address: str, timeout: float = 5.0) -> bool:
+    """Whether something accepts TCP connections at HOST:PORT (ray://HOST:PORT for Ray Client)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+@EXECUTORS.register("ray")
+class RayExecutor:
+    def __init__(self, options: ExecutorOptions = ExecutorOptions()):
+        self.options = options
+
+    def _connect(self):
+        try:
+            import ray
+        except ImportError:
+            raise FipbenchError("--executor ray needs Ray: pip install -e '.[ray]' (or pip install ray)") from None
+        if ray.is_initialized():
+            return ray, False
+        # Workers inherit the driver's progress setting; everything else they read from the options.
+        env = {k: v for k, v in os.environ.items() if k in ("FIPBENCH_PROGRESS", "FIPBENCH_DATA")}
+        kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False}
+        address = self.options.address
+        if address not in ("auto", "local") and not _reachable(address):  # Ray itself retries for minutes
+            raise FipbenchError(f"no Ray cluster at --ray-address {address} (nothing listens there); start one "
+                                f"with `ray start --head`, or pass --ray-address local for a private one")
+        try:
+            if self.options.address == "local":  # a private single-node cluster for this run
+                ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
+            else:
+                ray.init(address=self.options.address, **kwargs)
+        except ConnectionError as err:
+            raise FipbenchError(f"no Ray cluster at --ray-address {self.options.address} ({err}); start one with "
+                                f"`ray start --head` (with token authentication, set RAY_AUTH_MODE=token here too), "
+                                f"or pass --ray-address local for a private one") from None
+        return ray, True
+
+    def execute(self, runner, specs: Sequence) -> Iterator[tuple]:
+        if not specs:
+            return
+        ray, started = self._connect()
+        try:
+            yield from self._schedule(ray, runner, specs)
+        finally:
+            if started:
+                ray.shutdown()
+
+    def _schedule(self, ray, runner, specs: Sequence) -> Iterator[tuple]:
+        opts = self.options
+        task = ray.remote(run_cell_on_worker).options(
+            num_cpus=opts.cpus_per_cell, num_gpus=opts.gpus_per_cell, max_retries=opts.retries,
+            retry_exceptions=False)
+        worker_options = runner.worker_options()
+        for key in ("cache", "results", "data_root"):  # absolute: a worker's working directory differs
+            if worker_options[key] is not None:
+                worker_options[key] = Path(worker_options[key]).resolve()
+        waiting = by_artifact(specs)
+        running: dict[Any, Any] = {}  # ObjectRef -> spec
+        error: BaseException | None = None
+        done = 0
+
+        def submit(spec) -> None:
+            running[task.remote(worker_options, spec, opts.cpus_per_cell)] = spec
+            runner.log(f"          submitted {spec.describe()}")
+
+        # The first cell of each artifact now; its siblings once the artifact exists (trained by that cell).
+        for key, group in waiting.items():
+            batch = group if runner.cache.has(key) else group[:1]
+            for spec in batch:
+                submit(spec)
+            waiting[key] = group[len(batch):]
+        while running:
+            ready, _ = ray.wait(list(running), num_returns=1)
+            spec = running.pop(ready[0])
+            try:
+                record = ray.get(ready[0])
+            except ray.exceptions.RayTaskError as err:  # the cell's own error: not retried
+                error = error or getattr(err, "cause", None) or err
+                waiting.clear()
+                continue
+            except ray.exceptions.RayError as err:  # retries exhausted (worker died each time)
+                error = error or FipbenchError(f"cell {spec.describe()} failed on Ray {opts.retries + 1} times "
+                                               f"({type(err).__name__}); see the Ray logs, then rerun to resume")
+                waiting.clear()
+                continue
+            done += 1
+            runner.log(f"[{done}/{len(specs)}] finished {spec.describe()}")
+            yield spec, record
+            for sibling in waiting.pop(spec.artifact_key(), []):
+                submit(sibling)
+        if error is not None:
+            raise error

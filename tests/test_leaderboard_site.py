@@ -1,0 +1,109 @@
+"""The leaderboard outputs: Markdown, CSV, LaTeX, the defense ranking, and the static HTML page opened in
+headless Chromium (Debian's chromium, installed by .ci/run): tables and plots render, sorting works, and a
+screenshot is a real picture.  Without chromium the browser tests skip, unless the test set-up promised it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from _helpers import need_test_tool
+
+from benchmark import leaderboard
+from benchmark.site import CELL_COLUMNS
+from benchmark.store import ResultStore
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Flags for a root, offline, headless run (no sandbox; no background connections to refuse).
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--hide-scrollbars", "--virtual-time-budget=5000"]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """(paths, aggregate, ranking) for the committed records' leaderboard written to a temp folder."""
+    records = ResultStore(REPO_ROOT / "results").all()
+    assert records, "the committed results/ has no records"
+    out = tmp_path_factory.mktemp("site")
+    paths = leaderboard.write(records, out)
+    agg = leaderboard.aggregate(records)
+    return paths, agg, leaderboard.ranking(agg)
+
+
+def _browser():
+    need_test_tool("chromium", CHROMIUM is not None, "bash scripts/setup.sh --test, or apt-get install chromium")
+    return CHROMIUM
+
+
+def _chromium(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([_browser(), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_all_formats_are_written(site):
+    paths, agg, rank = site
+    assert {"md", "csv", "tex", "ranking", "html"} <= set(paths)
+    groups = agg.groupby(["task", "dataset", "model"]).ngroups
+    tex = paths["tex"].read_text()
+    assert tex.count("\\begin{tabular}") == groups and tex.count("\\toprule") == groups
+    assert "\\_" in tex and "±" not in tex  # escaped underscores; ± written as $\\pm$
+    assert paths["ranking"].read_text().count("## ") == rank.groupby(["task", "dataset", "model"]).ngroups
+
+
+def test_ranking_orders_by_mean_der_over_attacked_cells(site):
+    _, agg, rank = site
+    for _, part in rank.groupby(["task", "dataset", "model"]):
+        assert list(part["rank"]) == list(range(1, len(part) + 1))
+        assert list(part["der"]) == sorted(part["der"], reverse=True)
+    one = rank.iloc[0]
+    cells = agg[(agg.task == one.task) & (agg.dataset == one.dataset) & (agg.model == one.model)
+                & (agg.defense == one.defense) & agg.asr_mean.notna()]
+    assert one.der == pytest.approx(cells.der_mean.mean()) and one.attacks == len(cells)
+
+
+def test_page_is_self_contained(site):
+    text = site[0]["html"].read_text()
+    assert not re.search(r"""(src|href)=["']https?://""", text), "the page must not fetch anything"
+    assert text.count("<svg") >= 3 and "<script>" in text
+
+
+def test_page_renders_in_headless_chromium(site, tmp_path):
+    paths, agg, rank = site
+    url = paths["html"].resolve().as_uri() + "?sort=asr"
+    dom = _chromium(["--dump-dom", url], tmp_path).stdout
+    body = re.search(r"<body([^>]*)>", dom).group(1)
+    attrs = dict(re.findall(r'data-(\w+)="([^"]*)"', body))
+    assert attrs.get("ready") == "1", "the page's script did not run"
+    groups = agg.groupby(["task", "dataset", "model"]).ngroups
+    n_ranked = rank.groupby(["task", "dataset", "model"]).ngroups
+    assert int(attrs["tables"]) == groups + n_ranked
+    assert int(attrs["plots"]) == paths["html"].read_text().count("<svg") >= 3  # every plot has a size
+    # ?sort=asr sorted every cells table by its ASR column, ascending, missing values last.
+    col = [key for key, *_ in CELL_COLUMNS].index("asr")
+    tables = re.findall(r'<table class="lb" data-kind="cells" data-sorted="([^"]*)">(.*?)</table>', dom, re.S)
+    assert len(tables) == groups
+    for sorted_by, table in tables:
+        assert sorted_by == "asr:asc"
+        rows = re.findall(r"<tbody>(.*?)</tbody>", table, re.S)[0].split("</tr>")[:-1]
+        values = [re.search(r'data-value="([^"]*)"', re.findall(r"<td[^>]*>", row)[col]).group(1) for row in rows]
+        numbers = [float(v) for v in values if v]
+        assert numbers == sorted(numbers) and all(values[:len(numbers)]), "ascending, missing values last"
+
+
+def test_screenshot_shows_tables_and_plots(site, tmp_path):
+    from PIL import Image
+
+    shot = tmp_path / "page.png"
+    _chromium(["--window-size=1300,2600", f"--screenshot={shot}", site[0]["html"].resolve().as_uri()], tmp_path)
+    img = Image.open(shot).convert("L")
+    assert img.size == (1300, 2600)
+    hist = img.histogram()
+    dark = sum(hist[:100]) / (img.size[0] * img.size[1])
+    assert 0.002 < dark < 0.5, f"page looks blank or broken ({dark:.4f} dark pixels)"
+    # The header row's grey background (#f4f4f4) is drawn: the tables are styled, not raw text.
+    assert hist[0xF4] > 1000
