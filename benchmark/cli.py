@@ -55,12 +55,16 @@ def _parser() -> argparse.ArgumentParser:
                      help="drop cells matching (same syntax as --only; repeat = or)")
     run.add_argument("--dry-run", action="store_true",
                      help="print the cell plan (done/pending, artifact cached/to train) and run nothing")
-    run.add_argument("--executor", default="local", help="where cells run: local (this process, default) or ray")
+    run.add_argument("--executor", default="local",
+                     help="where cells run: local (this process, default), processes (a pool on this machine) or "
+                          "ray (a Ray cluster)")
     run.add_argument("--ray-address", default="auto",
                      help="Ray cluster address (default: auto, the cluster started by `ray start`; local: a "
                           "private one-node cluster)")
     run.add_argument("--cpus-per-cell", type=int, default=1,
-                     help="CPUs a Ray task reserves; also its torch threads (default: 1)")
+                     help="CPUs a processes/Ray worker reserves; also its torch threads (default: 1)")
+    run.add_argument("--workers", type=int, default=None,
+                     help="processes executor: pool size (default: CPU cores // --cpus-per-cell)")
     run.add_argument("--gpus-per-cell", type=float, default=None,
                      help="GPUs a Ray task reserves (default: 1 with --device cuda, else 0)")
     run.add_argument("--retries", type=int, default=2, help="reruns of a cell whose Ray worker died (default: 2)")
@@ -148,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     gpus = args.gpus_per_cell if args.gpus_per_cell is not None else float(args.device.startswith("cuda"))
     executor = executor_cls(ExecutorOptions(address=args.ray_address, cpus_per_cell=args.cpus_per_cell,
-                                            gpus_per_cell=gpus, retries=args.retries))
+                                            gpus_per_cell=gpus, retries=args.retries, workers=args.workers))
     print(f"fipbench: {matrix.name}: {len(cells)} of {len(matrix.cells)} cells -> {args.results}/records "
           f"({args.executor} executor)")
     runner.run(cells, executor)

@@ -14,7 +14,13 @@ def progress_bar(desc: str, total: int, enabled: bool = True) -> Iterator[Callab
     if not enabled or not sys.stderr.isatty() or os.environ.get("FIPBENCH_PROGRESS") == "0":
         yield lambda loss: None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), transient=True) as bar:

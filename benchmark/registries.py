@@ -101,9 +101,10 @@ DEFENSES = Registry("defense", group="fipbench.defenses", builtin={
     "neural_cleanse": "defenses.neural_cleanse",
 })
 
-# Where cells execute (benchmark/executors): in this process, or as tasks on a Ray cluster.
+# Where cells execute (benchmark/executors): in this process, in worker processes, or on a Ray cluster.
 EXECUTORS = Registry("executor", group="fipbench.executors", builtin={
     "local": "benchmark.executors.local",
+    "processes": "benchmark.executors.processes",
     "ray": "benchmark.executors.ray",
 })
 

@@ -101,7 +101,9 @@ class Runner:
         if self.sharpness:
             # An artifact cached before sharpness was recorded lacks the figure: compute it from its weights.
             sharp_before = manifest.get("sharpness_before") or self.measure_sharpness(task, original, spec.seed)
-            sharp_after = self.measure_sharpness(task, model, spec.seed)
+            # A defense that left every weight as it was (`none`, a no-op) has the same figures: not re-measured.
+            unchanged = _same_weights(original, model)
+            sharp_after = sharp_before if unchanged else self.measure_sharpness(task, model, spec.seed)
         metrics = {"metric_name": task.metric_name, "clean": after[task.metric_name],
                    "clean_before": before[task.metric_name], "asr": after.get("asr"),
                    "asr_before": before.get("asr"), "ra": after.get("ra"), "ra_before": before.get("ra"),
@@ -174,6 +176,11 @@ class Runner:
             "poisoned_index_hash": manifest["poisoned_index_hash"],
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def der(before: dict[str, float], after: dict[str, float], metric: str) -> float | None:

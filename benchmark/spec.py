@@ -31,7 +31,7 @@ from benchmark.config import stable_hash
 from benchmark.errors import FipbenchError, unknown_name
 from benchmark.registries import ATTACKS, DATASETS, DEFENSES, MODELS, TASKS
 
-MATRIX_KEYS = ("name", "seeds", "groups", "description")
+MATRIX_KEYS = ("name", "seeds", "groups", "description", "include")
 GROUP_KEYS = ("task", "dataset", "model", "task_config", "train", "attacks", "defenses")
 ENTRY_KEYS = ("name", "label", "config")
 
@@ -95,7 +95,7 @@ class Matrix:
     source: str
 
 
-def load_matrix(path: str | Path) -> Matrix:
+def load_matrix(path: str | Path, _stack: tuple[Path, ...] = ()) -> Matrix:
     path = Path(path)
     if not path.is_file():
         raise FipbenchError(f"config {str(path)!r} not found; pass a YAML matrix file or a preset name "
@@ -106,20 +106,37 @@ def load_matrix(path: str | Path) -> Matrix:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         raise FipbenchError(f"{path}: malformed YAML{at} ({getattr(err, 'problem', err)}); fix the syntax") from None
-    return parse_matrix(data, str(path))
+    return parse_matrix(data, str(path), _stack=(*_stack, path.resolve()))
 
 
-def parse_matrix(data: Any, where: str) -> Matrix:
+def _included(data: Mapping[str, Any], where: str, stack: tuple[Path, ...]) -> list[RunSpec]:
+    """Cells of the matrices listed under `include:` (paths relative to the including file), each with its
+    own seeds, in order."""
+    entries = data.get("include") or []
+    if not isinstance(entries, list) or not all(isinstance(e, str) for e in entries):
+        raise FipbenchError(f"{where}: 'include' must be a list of matrix file paths, got {entries!r}")
+    cells: list[RunSpec] = []
+    for entry in entries:
+        path = (Path(where).parent / entry).resolve()
+        if path in stack:
+            raise FipbenchError(f"{where}: include {entry!r} includes itself (cycle); remove it")
+        if not path.is_file():
+            raise FipbenchError(f"{where}: included matrix {entry!r} not found (looked for {path})")
+        cells.extend(load_matrix(path, stack).cells)
+    return cells
+
+
+def parse_matrix(data: Any, where: str, _stack: tuple[Path, ...] = ()) -> Matrix:
     if not isinstance(data, Mapping):
         raise FipbenchError(f"{where}: a matrix must be a mapping with keys {', '.join(MATRIX_KEYS)}")
     _check_keys(data, MATRIX_KEYS, "matrix key", where)
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
         raise FipbenchError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
-    groups = data.get("groups")
-    if not isinstance(groups, list) or not groups:
-        raise FipbenchError(f"{where}: 'groups' must be a non-empty list of task groups")
-    cells: list[RunSpec] = []
+    cells: list[RunSpec] = _included(data, where, _stack) if "include" in data else []
+    groups = data.get("groups", [] if cells else None)
+    if not isinstance(groups, list) or not (groups or cells):
+        raise FipbenchError(f"{where}: 'groups' must be a non-empty list of task groups (or give 'include')")
     for gi, group in enumerate(groups):
         gw = f"{where} groups[{gi}]"
         if not isinstance(group, Mapping):

@@ -212,3 +212,15 @@ def test_pickle_fixture_really_is_a_pickle(tmp_path):
     _write_pickle_checkpoint(path)
     with pytest.raises(pickle.UnpicklingError):
         torch.load(path, weights_only=True)
+
+
+def test_committed_leaderboard_rows_are_unambiguous():
+    """No two committed records of different configs share a leaderboard row (same labels and seed): the
+    leaderboard would show only the newest of them."""
+    rows: dict[tuple, set[str]] = {}
+    for rec in ResultStore(REPO_ROOT / "results").all():
+        s = rec["spec"]
+        key = (s["task"], s["dataset"], s["model"], s["attack_label"], s["defense_label"], s["seed"])
+        rows.setdefault(key, set()).add(rec["config_hash"])
+    clashes = {k: v for k, v in rows.items() if len(v) > 1}
+    assert not clashes, f"relabel one side in its config: {list(clashes)[:3]}"

@@ -21,27 +21,16 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from benchmark.errors import FipbenchError
-from benchmark.executors import ExecutorOptions, by_artifact
+from benchmark.executors import (
+    ExecutorOptions,
+    absolute_options,
+    run_cell_on_worker,
+    run_scheduled,
+)
 from benchmark.registries import EXECUTORS
-
-_WORKER_RUNNERS: dict[str, Any] = {}  # per worker process: Runner by options, so tasks of a worker reuse data
-
-
-def run_cell_on_worker(options: dict[str, Any], spec, threads: int):
-    """The Ray task body: one cell's record, computed on a worker (which writes nothing but the artifact)."""
-    import torch
-
-    from benchmark.runner import Runner
-
-    torch.set_num_threads(threads)
-    key = repr(sorted(options.items()))
-    if key not in _WORKER_RUNNERS:
-        _WORKER_RUNNERS[key] = Runner(log=lambda msg: None, **options)
-    return _WORKER_RUNNERS[key].run_cell(spec)
 
 
 def _reachable(address: str, timeout: float = 5.0) -> bool:
@@ -101,43 +90,16 @@ class RayExecutor:
         task = ray.remote(run_cell_on_worker).options(
             num_cpus=opts.cpus_per_cell, num_gpus=opts.gpus_per_cell, max_retries=opts.retries,
             retry_exceptions=False)
-        worker_options = runner.worker_options()
-        for key in ("cache", "results", "data_root"):  # absolute: a worker's working directory differs
-            if worker_options[key] is not None:
-                worker_options[key] = Path(worker_options[key]).resolve()
-        waiting = by_artifact(specs)
-        running: dict[Any, Any] = {}  # ObjectRef -> spec
-        error: BaseException | None = None
-        done = 0
+        worker_options = absolute_options(runner)
 
-        def submit(spec) -> None:
-            running[task.remote(worker_options, spec, opts.cpus_per_cell)] = spec
-            runner.log(f"          submitted {spec.describe()}")
-
-        # The first cell of each artifact now; its siblings once the artifact exists (trained by that cell).
-        for key, group in waiting.items():
-            batch = group if runner.cache.has(key) else group[:1]
-            for spec in batch:
-                submit(spec)
-            waiting[key] = group[len(batch):]
-        while running:
-            ready, _ = ray.wait(list(running), num_returns=1)
-            spec = running.pop(ready[0])
+        def outcome(ref, spec):
             try:
-                record = ray.get(ready[0])
-            except ray.exceptions.RayTaskError as err:  # the cell's own error: not retried
-                error = error or getattr(err, "cause", None) or err
-                waiting.clear()
-                continue
-            except ray.exceptions.RayError as err:  # retries exhausted (worker died each time)
-                error = error or FipbenchError(f"cell {spec.describe()} failed on Ray {opts.retries + 1} times "
-                                               f"({type(err).__name__}); see the Ray logs, then rerun to resume")
-                waiting.clear()
-                continue
-            done += 1
-            runner.log(f"[{done}/{len(specs)}] finished {spec.describe()}")
-            yield spec, record
-            for sibling in waiting.pop(spec.artifact_key(), []):
-                submit(sibling)
-        if error is not None:
-            raise error
+                return ray.get(ref)
+            except ray.exceptions.RayTaskError as err:  # the cell's own error (not retried): re-raise it
+                raise (getattr(err, "cause", None) or err) from None
+            except ray.exceptions.RayError as err:  # retries exhausted: the worker died every time
+                raise FipbenchError(f"cell {spec.describe()} failed on Ray {opts.retries + 1} times "
+                                    f"({type(err).__name__}); see the Ray logs, then rerun to resume") from None
+
+        yield from run_scheduled(runner, specs, lambda spec: task.remote(worker_options, spec, opts.cpus_per_cell),
+                                 lambda refs: ray.wait(refs, num_returns=1)[0][0], outcome)
