@@ -76,9 +76,9 @@ is reported, not made the default).  Fast FIP leaves every point-cloud backdoor 
 
 On a seq2seq Transformer (small_marian, embedded toy_mt translation corpus, Fan et al.'s trigger words, BLEU
 100 / ASR 100 %, 120-pair holdout; configs/text_defenses.yaml, README "Language generation"): with SGD the trace
-term does nothing at η_F <= 0.1, costs BLEU but keeps the backdoor at 0.25 (19.7 / 100) and destroys the model
-at >= 0.35 (the default gives BLEU 0.01); with Adam FIP keeps the backdoor (lr 3e-4: 100 / 96.2) where FT with
-the same budget removes much of it (100 / 22.4).  Fast FIP leaves it at 100 %.  Not met.
+term trades BLEU for ASR with no setting that keeps both (η_F 0.05: 73.3 / 7.8; 0.1: 16.6 / 0) and destroys the
+model from 0.25 on (the default gives BLEU 0); with Adam FIP keeps the backdoor (lr 3e-4: 80.1 / 99.4) where FT
+with the same budget removes a third of it (100 / 64.6).  Fast FIP leaves it at 100 %.  Not met.
 
 Hyper-parameters follow the authors' released CIFAR-10 script where it states them (SGD lr 0.005, momentum
 0.95, trace term every 5 steps, η_F = 0.5, training augmentation on the holdout).  Their retention weight (5)
