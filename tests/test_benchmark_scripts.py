@@ -42,3 +42,19 @@ def test_purification_plan_gives_tuning_defenses_the_same_steps(monkeypatch):
     specs = {s.defense.name: s.resolved()["defense"]["config"] for s in mod.cells(args)}
     assert specs["finetune"]["fit"]["steps"] == specs["fip"]["fit"]["steps"] == 7
     assert "fit" not in specs["clp"]
+
+
+def test_quick_preset_timer_reports_groups_and_total(monkeypatch, tmp_path, capsys):
+    """The preset timer on a one-group, two-cell matrix: a line per group, the total and the verdict."""
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("name: tiny\ngroups:\n  - task: image_classification\n    dataset: digits\n    model: small_cnn\n"
+                   "    train: {epochs: 1}\n    attacks: [badnets]\n"
+                   "    defenses: [none, {name: finetune, config: {fit: {steps: 2}}}]\n")
+    module = _load("quick_preset", monkeypatch)
+    assert module.main(["--config", str(cfg), "--no-sharpness", "--target", "600", "--keep", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("tiny: 2 cells, 1 groups")
+    assert out[1].startswith("  image_classification/digits/small_cnn: 2 cells,")
+    assert out[2].startswith("total: ") and out[2].endswith("target <= 600 s: met")
+    assert (tmp_path / "results" / "leaderboard.html").is_file()
+    assert module.main(["--config", str(cfg), "--executor", "rey"]) == 2
