@@ -1,7 +1,7 @@
 """The result record: one JSON file per finished cell under results/records/.  This module is the schema.
 
 Bump SCHEMA_VERSION when a field changes meaning; `check_record` refuses records of other versions (they are
-recomputed, not misread).
+recomputed, not misread).  On disk a record also carries `digest` (benchmark/store.py), the sha256 of the rest.
 """
 
 from __future__ import annotations

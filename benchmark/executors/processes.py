@@ -40,8 +40,8 @@ class ProcessExecutor:
             return
         threads = self.options.cpus_per_cell
         options = absolute_options(runner)
-        pool = cf.ProcessPoolExecutor(max_workers=min(self.workers(), len(specs)),
-                                      mp_context=multiprocessing.get_context("spawn"))
+        workers = min(self.workers(), len(specs))
+        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 
         def outcome(future: cf.Future, spec):
             try:
@@ -55,7 +55,7 @@ class ProcessExecutor:
             return next(f for f in futures if f in done)  # submission order among the finished: deterministic
 
         try:
-            runner.log(f"          {pool._max_workers} worker processes, {threads} thread(s) each")
+            runner.log(f"          {workers} worker processes, {threads} thread(s) each")
             yield from run_scheduled(runner, specs, lambda spec: pool.submit(run_cell_on_worker, options, spec,
                                                                              threads), wait_one, outcome)
         finally:
