@@ -67,8 +67,10 @@ class Runner:
         return [records[spec.cell_id()] for spec in cells]
 
     def worker_options(self) -> dict[str, Any]:
-        """Constructor arguments that rebuild this runner on another process (an executor's worker)."""
-        return {"results": self.store.root, "cache": self.cache.root, "data_root": self.data_root,
+        """Constructor arguments that rebuild this runner on another process (an executor's worker); paths are
+        absolute, as a worker's working directory may differ."""
+        return {"results": self.store.root.resolve(), "cache": self.cache.root.resolve(),
+                "data_root": None if self.data_root is None else Path(self.data_root).resolve(),
                 "device": self.device, "force": self.force, "sharpness": self.sharpness}
 
     def run_cell(self, spec: RunSpec) -> Record:

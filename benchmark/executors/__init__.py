@@ -97,19 +97,7 @@ def run_scheduled(runner: Runner, specs: Sequence[RunSpec], submit: Callable[[Ru
         done += 1
         runner.log(f"[{done}/{len(specs)}] finished {spec.describe()}")
         yield spec, record
-        for sibling in waiting.pop(spec.artifact_key(), []):
-            if error is None:
-                start(sibling)
+        for sibling in waiting.pop(spec.artifact_key(), []):  # none after an error: `waiting` was cleared
+            start(sibling)
     if error is not None:
         raise error
-
-
-def absolute_options(runner: Runner) -> dict[str, Any]:
-    """The runner's worker options with absolute paths (a worker's working directory may differ)."""
-    from pathlib import Path
-
-    options = runner.worker_options()
-    for key in ("cache", "results", "data_root"):
-        if options[key] is not None:
-            options[key] = Path(options[key]).resolve()
-    return options

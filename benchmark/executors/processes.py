@@ -20,7 +20,6 @@ from collections.abc import Iterator, Sequence
 from benchmark.errors import FipbenchError
 from benchmark.executors import (
     ExecutorOptions,
-    absolute_options,
     run_cell_on_worker,
     run_scheduled,
 )
@@ -39,7 +38,7 @@ class ProcessExecutor:
         if not specs:
             return
         threads = self.options.cpus_per_cell
-        options = absolute_options(runner)
+        options = runner.worker_options()
         workers = min(self.workers(), len(specs))
         pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
 

@@ -26,7 +26,6 @@ from typing import Any
 from benchmark.errors import FipbenchError
 from benchmark.executors import (
     ExecutorOptions,
-    absolute_options,
     run_cell_on_worker,
     run_scheduled,
 )
@@ -65,12 +64,12 @@ class RayExecutor:
             raise FipbenchError(f"no Ray cluster at --ray-address {address} (nothing listens there); start one "
                                 f"with `ray start --head`, or pass --ray-address local for a private one")
         try:
-            if self.options.address == "local":  # a private single-node cluster for this run
+            if address == "local":  # a private single-node cluster for this run
                 ray.init(num_cpus=os.cpu_count(), include_dashboard=False, **kwargs)
             else:
-                ray.init(address=self.options.address, **kwargs)
+                ray.init(address=address, **kwargs)
         except ConnectionError as err:
-            raise FipbenchError(f"no Ray cluster at --ray-address {self.options.address} ({err}); start one with "
+            raise FipbenchError(f"no Ray cluster at --ray-address {address} ({err}); start one with "
                                 f"`ray start --head` (with token authentication, set RAY_AUTH_MODE=token here too), "
                                 f"or pass --ray-address local for a private one") from None
         return ray, True
@@ -90,7 +89,7 @@ class RayExecutor:
         task = ray.remote(run_cell_on_worker).options(
             num_cpus=opts.cpus_per_cell, num_gpus=opts.gpus_per_cell, max_retries=opts.retries,
             retry_exceptions=False)
-        worker_options = absolute_options(runner)
+        worker_options = runner.worker_options()
 
         def outcome(ref, spec):
             try:
