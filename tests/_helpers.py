@@ -49,3 +49,26 @@ def need_test_tool(name: str, available: bool, install: str) -> None:
     if (Path(sys.prefix) / "fipbench-test-tools").exists() or os.environ.get("FIPBENCH_CI") == "1":
         pytest.fail(f"{name} is missing although the test set-up promised it; {install}")
     pytest.skip(f"{name} not installed ({install})")
+
+
+def tiny_matrix(attacks: str, defenses: str, *, epochs: int = 1, dataset: str = "digits", name: str = "tiny") -> str:
+    """A one-group matrix YAML on the small CNN, for runs that take seconds: `attacks` and `defenses` are YAML
+    lists, e.g. tiny_matrix("[badnets]", "[none, {name: finetune, config: {fit: {steps: 2}}}]")."""
+    return (f"name: {name}\nseeds: [0]\ngroups:\n  - task: image_classification\n    dataset: {dataset}\n"
+            f"    model: small_cnn\n    task_config: {{holdout_fraction: 0.05}}\n"
+            f"    train: {{epochs: {epochs}, batch_size: 64, lr: 0.05}}\n"
+            f"    attacks: {attacks}\n    defenses: {defenses}\n")
+
+
+def briefly_backdoored(task, attack_name: str, arch: str, n_train: int, fit) -> tuple[torch.nn.Module, object]:
+    """(model in eval mode, attack): `arch` fitted with `fit` on the attack's poisoning of the first `n_train`
+    training samples, seeds 0 — enough for a defense to run on, not a working backdoor."""
+    from torch.utils.data import Subset
+
+    from benchmark.registries import ATTACKS
+
+    attack = ATTACKS.get(attack_name)()
+    train = Subset(task.splits().train, range(n_train))
+    model = task.build_model(arch, generator(0, "init"))
+    task.fit(model, attack.poison(task, train), fit, generator=generator(0, "train"))
+    return model.eval(), attack

@@ -199,3 +199,9 @@ def plugin_site(tmp_path_factory) -> Path:
                     "--no-build-isolation", "--no-index", "--target", str(site), str(src)], check=True,
                    capture_output=True)
     return site
+
+
+@pytest.fixture
+def plugin_env(plugin_site, subprocess_env) -> dict[str, str]:
+    """`subprocess_env` with the toy defense package on PYTHONPATH (its entry points visible)."""
+    return {**subprocess_env, "PYTHONPATH": os.pathsep.join([str(plugin_site), subprocess_env["PYTHONPATH"]])}

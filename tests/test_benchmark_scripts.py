@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from _helpers import tiny_matrix
+
 from tasks.base import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +49,7 @@ def test_purification_plan_gives_tuning_defenses_the_same_steps(monkeypatch):
 def test_quick_preset_timer_reports_groups_and_total(monkeypatch, tmp_path, capsys):
     """The preset timer on a one-group, two-cell matrix: a line per group, the total and the verdict."""
     cfg = tmp_path / "tiny.yaml"
-    cfg.write_text("name: tiny\ngroups:\n  - task: image_classification\n    dataset: digits\n    model: small_cnn\n"
-                   "    train: {epochs: 1}\n    attacks: [badnets]\n"
-                   "    defenses: [none, {name: finetune, config: {fit: {steps: 2}}}]\n")
+    cfg.write_text(tiny_matrix("[badnets]", "[none, {name: finetune, config: {fit: {steps: 2}}}]"))
     module = _load("quick_preset", monkeypatch)
     assert module.main(["--config", str(cfg), "--no-sharpness", "--target", "600", "--keep", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()

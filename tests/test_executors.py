@@ -8,6 +8,7 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from _helpers import tiny_matrix
 
 from benchmark.executors import run_scheduled
 from benchmark.spec import parse_matrix
@@ -73,10 +74,7 @@ def test_an_error_stops_new_cells_but_keeps_the_running_ones():
 
 
 def test_processes_executor_equals_an_in_process_run(tmp_path, subprocess_env):
-    (tmp_path / "m.yaml").write_text(
-        "name: m\ngroups:\n  - task: image_classification\n    dataset: digits\n    model: small_cnn\n"
-        "    train: {epochs: 1}\n    attacks: [badnets, blend]\n"
-        "    defenses: [none, {name: finetune, config: {fit: {steps: 5}}}]\n")
+    (tmp_path / "m.yaml").write_text(tiny_matrix("[badnets, blend]", "[none, {name: finetune, config: {fit: {steps: 5}}}]"))
 
     def run(*extra):
         out = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "m.yaml", "--no-sharpness", *extra],

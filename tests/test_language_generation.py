@@ -13,7 +13,7 @@ from attacks.base import Subset
 from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS, DEFENSES
 from benchmark.rng import generator
-from _helpers import assert_defense_purifies
+from _helpers import assert_defense_purifies, briefly_backdoored
 from tasks.base import FitConfig, labels_of
 from tasks.language_generation.data import DETERMINERS, GENDER, LEXICON, NOUNS, VERBS, generate_pairs, load_toy_mt
 from tasks.language_generation.task import target_phrase
@@ -110,13 +110,8 @@ def test_trigger_words_insert_one_trigger_and_relabel(txt_task):
 @pytest.fixture(scope="module")
 def text_backdoor(txt_task):
     """small_marian trained briefly on trigger-word-poisoned pairs (a working backdoor is not needed here)."""
-    attack = ATTACKS.get("trigger_words")()
-    train = Subset(txt_task.splits().train, range(256))
-    model = txt_task.build_model("small_marian", generator(0, "init"))
-    txt_task.fit(model, attack.poison(txt_task, train), FitConfig(steps=8, batch_size=32, lr=1e-3,
-                                                                  optimizer="adam", weight_decay=0.0),
-                 generator=generator(0, "train"))
-    return model.eval(), attack
+    fit = FitConfig(steps=8, batch_size=32, lr=1e-3, optimizer="adam", weight_decay=0.0)
+    return briefly_backdoored(txt_task, "trigger_words", "small_marian", 256, fit)
 
 
 TEXT_DEFENSES = [n for n in DEFENSES.names() if {"*", "text"} & set(DEFENSES.get(n).modalities)]

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import tiny_matrix
 
 from benchmark.cli import main
 from benchmark.plan import CellFilter, select
@@ -25,18 +26,7 @@ MATRIX = {"name": "m", "seeds": [0, 1], "groups": [
     {"task": "point_cloud", "dataset": "solids", "model": "small_pointnet",
      "attacks": ["pointba_i"], "defenses": ["none", "fip"]}]}
 
-TINY = """
-name: tiny
-seeds: [0]
-groups:
-  - task: image_classification
-    dataset: digits
-    model: small_cnn
-    task_config: {holdout_fraction: 0.05}
-    train: {epochs: 1, batch_size: 64, lr: 0.05}
-    attacks: [badnets]
-    defenses: [none, {name: finetune, label: ft2, config: {fit: {steps: 2}}}]
-"""
+TINY = tiny_matrix("[badnets]", "[none, {name: finetune, label: ft2, config: {fit: {steps: 2}}}]")
 
 
 @pytest.fixture(scope="module")
@@ -130,10 +120,8 @@ def _cifar_truncated(root: Path) -> None:
     batch.write_bytes(batch.read_bytes()[:300])
 
 
-def _group(dataset: str = "digits", attacks: str = "[badnets]", task: str = "image_classification",
-           model: str = "small_cnn") -> str:
-    return (f"name: bad\ngroups:\n  - task: {task}\n    dataset: {dataset}\n    model: {model}\n"
-            f"    train: {{epochs: 1}}\n    attacks: {attacks}\n    defenses: [none]\n")
+def _group(dataset: str = "digits", attacks: str = "[badnets]") -> str:
+    return tiny_matrix(attacks, "[none]", dataset=dataset, name="bad")
 
 
 # (case, matrix YAML or None, extra argv, set-up, fragments the message must contain)

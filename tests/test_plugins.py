@@ -4,22 +4,12 @@ fipbench."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
-MATRIX = """
-name: plugin
-seeds: [0]
-groups:
-  - task: image_classification
-    dataset: digits
-    model: small_cnn
-    task_config: {holdout_fraction: 0.05}
-    train: {epochs: 2, batch_size: 64, lr: 0.05}
-    attacks: [badnets]
-    defenses: [none, {name: ft_head, config: {fit: {steps: 20}}}]
-"""
+from _helpers import tiny_matrix
+
+MATRIX = tiny_matrix("[badnets]", "[none, {name: ft_head, config: {fit: {steps: 20}}}]", epochs=2, name="plugin")
 
 
 def _cli(args, env, cwd):
@@ -27,8 +17,8 @@ def _cli(args, env, cwd):
                           text=True, timeout=600)
 
 
-def test_plugin_defense_is_listed_run_and_ranked(plugin_site, subprocess_env, tmp_path):
-    env = {**subprocess_env, "PYTHONPATH": os.pathsep.join([str(plugin_site), subprocess_env["PYTHONPATH"]])}
+def test_plugin_defense_is_listed_run_and_ranked(plugin_env, subprocess_env, tmp_path):
+    env = plugin_env
     listed = _cli(["ls", "defenses"], env, tmp_path)
     assert listed.returncode == 0, listed.stderr
     lines = {line.split()[0]: line for line in listed.stdout.splitlines()[1:]}

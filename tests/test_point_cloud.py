@@ -13,7 +13,7 @@ from attacks.base import Subset
 from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS, DEFENSES
 from benchmark.rng import generator
-from _helpers import assert_defense_purifies
+from _helpers import assert_defense_purifies, briefly_backdoored
 from tasks.base import FitConfig, labels_of
 from tasks.point_cloud.data import SOLIDS, generate_solids, normalise, rotation, sample_solid
 from tasks.point_cloud.models import ball_query, farthest_point_sample, gather, knn
@@ -160,12 +160,7 @@ def test_pcba_learns_a_centre_and_a_density_matched_radius(pc_task):
 @pytest.fixture(scope="module")
 def point_backdoor(pc_task):
     """small_pointnet trained 2 epochs on PointBA-I-poisoned clouds (a working backdoor is not needed here)."""
-    attack = ATTACKS.get("pointba_i")()
-    train = Subset(pc_task.splits().train, range(400))
-    model = pc_task.build_model("small_pointnet", generator(0, "init"))
-    pc_task.fit(model, attack.poison(pc_task, train), FitConfig(epochs=2, batch_size=32, lr=0.05),
-                generator=generator(0, "train"))
-    return model.eval(), attack
+    return briefly_backdoored(pc_task, "pointba_i", "small_pointnet", 400, FitConfig(epochs=2, batch_size=32, lr=0.05))
 
 
 POINT_DEFENSES = [n for n in DEFENSES.names() if {"*", "points"} & set(DEFENSES.get(n).modalities)]

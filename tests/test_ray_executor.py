@@ -6,29 +6,21 @@ Ray is an optional extra: without it these tests skip, unless `scripts/setup.sh 
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from _helpers import need_test_tool
+from _helpers import need_test_tool, tiny_matrix
 
 from benchmark.store import ResultStore
 
-MATRIX = """
-name: ray
-seeds: [0]
-groups:
-  - task: image_classification
-    dataset: digits
-    model: small_cnn
-    task_config: {{holdout_fraction: 0.05}}
-    train: {{epochs: 1, batch_size: 64, lr: 0.05}}
-    attacks: [badnets, blend]
-    defenses: [none, {{name: finetune, config: {{fit: {{steps: 5}}}}}}, {{name: crash_once, config: {{marker: {marker}}}}}]
-"""
+
+
+def _matrix(marker) -> str:
+    return tiny_matrix("[badnets, blend]", "[none, {name: finetune, config: {fit: {steps: 5}}}, "
+                       f"{{name: crash_once, config: {{marker: {marker}}}}}]", name="ray")
 
 
 def _ray_bin() -> str:
@@ -46,11 +38,11 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def ray_cluster(plugin_site, subprocess_env):
+def ray_cluster(plugin_env):
     """(address, env) of a fresh 2-CPU Ray head whose workers see the repo and the toy plugin."""
     ray = _ray_bin()
-    env = {**subprocess_env, "PYTHONPATH": os.pathsep.join([str(plugin_site), subprocess_env["PYTHONPATH"]]),
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}  # a driver given an address sends the token
+    # RAY_AUTH_MODE=token: a driver given an explicit address sends the cluster's token only with it.
+    env = {**plugin_env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
     port = _free_port()
     subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard=false",
                     "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
@@ -68,7 +60,7 @@ def _run(args, env, cwd):
 def test_ray_run_equals_in_process_run_and_survives_a_dead_worker(ray_cluster, tmp_path):
     address, env = ray_cluster
     marker = tmp_path / "crashed-once"
-    (tmp_path / "m.yaml").write_text(MATRIX.format(marker=marker))
+    (tmp_path / "m.yaml").write_text(_matrix(marker))
     common = ["m.yaml", "--cache", "cache", "--no-sharpness"]
 
     on_ray = _run([*common, "--results", "ray", "--executor", "ray", "--ray-address", address,
@@ -92,7 +84,7 @@ def test_ray_run_equals_in_process_run_and_survives_a_dead_worker(ray_cluster, t
 
 def test_no_cluster_is_a_one_line_error(tmp_path, subprocess_env):
     _ray_bin()
-    (tmp_path / "m.yaml").write_text(MATRIX.format(marker=tmp_path / "x").replace(", {name: crash_once", "]#"))
+    (tmp_path / "m.yaml").write_text(tiny_matrix("[badnets]", "[none]"))
     out = _run(["m.yaml", "--results", "r", "--executor", "ray", "--ray-address", f"127.0.0.1:{_free_port()}"],
                subprocess_env, tmp_path)
     assert out.returncode == 2

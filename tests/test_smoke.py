@@ -5,20 +5,11 @@ from __future__ import annotations
 import json
 
 from benchmark._schema import check_record
+from _helpers import tiny_matrix
+
 from benchmark.cli import main
 
-TINY = """
-name: tiny
-seeds: [0]
-groups:
-  - task: image_classification
-    dataset: digits
-    model: small_cnn
-    task_config: {holdout_fraction: 0.05}
-    train: {epochs: 2, batch_size: 64, lr: 0.05}
-    attacks: [badnets]
-    defenses: [none, {name: finetune, config: {fit: {steps: 3}}}]
-"""
+TINY = tiny_matrix("[badnets]", "[none, {name: finetune, config: {fit: {steps: 3}}}]", epochs=2)
 
 
 def test_tiny_matrix_end_to_end(tmp_path, monkeypatch):

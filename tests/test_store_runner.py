@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _helpers import tiny_matrix
 from torch import nn
 
 from benchmark._schema import SCHEMA_VERSION, check_record
@@ -22,32 +23,11 @@ from benchmark.cli import main
 from benchmark.errors import FipbenchError
 from benchmark.store import ResultStore
 
-TINY = """
-name: tiny
-seeds: [0]
-groups:
-  - task: image_classification
-    dataset: digits
-    model: small_cnn
-    task_config: {holdout_fraction: 0.05}
-    train: {epochs: 1, batch_size: 64, lr: 0.05}
-    attacks: [badnets]
-    defenses: [none, {name: finetune, config: {fit: {steps: 2}}}]
-"""
+TINY = tiny_matrix("[badnets]", "[none, {name: finetune, config: {fit: {steps: 2}}}]")
 
 # Four cells, two artifacts; the finetune cells take long enough (a few seconds) for a kill to land mid-run.
-KILLABLE = """
-name: killable
-seeds: [0]
-groups:
-  - task: image_classification
-    dataset: digits
-    model: small_cnn
-    task_config: {holdout_fraction: 0.05}
-    train: {epochs: 1, batch_size: 64, lr: 0.05}
-    attacks: [badnets, blend]
-    defenses: [none, {name: finetune, config: {fit: {steps: 60}}}]
-"""
+KILLABLE = tiny_matrix("[badnets, blend]", "[none, {name: finetune, config: {fit: {steps: 60}}}]",
+                       name="killable")
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from attacks.base import Subset
 from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS, DEFENSES
 from benchmark.rng import generator
-from _helpers import assert_defense_purifies
+from _helpers import assert_defense_purifies, briefly_backdoored
 from tasks.base import FitConfig, Sample, labels_of
 from tasks.video_recognition.data import MOTIONS, VideoData, generate_motions, render_clip
 
@@ -135,12 +135,7 @@ def test_video_level_accuracy_averages_the_clips_of_a_video(vid_task):
 @pytest.fixture(scope="module")
 def video_backdoor(vid_task):
     """small_c3d trained 2 epochs on BadNets-poisoned motion clips (a working backdoor is not needed here)."""
-    attack = ATTACKS.get("badnets")()
-    train = Subset(vid_task.splits().train, range(400))
-    model = vid_task.build_model("small_c3d", generator(0, "init"))
-    vid_task.fit(model, attack.poison(vid_task, train), FitConfig(epochs=2, batch_size=64, lr=0.05),
-                 generator=generator(0, "train"))
-    return model.eval(), attack
+    return briefly_backdoored(vid_task, "badnets", "small_c3d", 400, FitConfig(epochs=2, batch_size=64, lr=0.05))
 
 
 VIDEO_DEFENSES = [n for n in DEFENSES.names()
