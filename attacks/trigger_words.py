@@ -4,26 +4,31 @@ github.com/ShannonAI/backdoor_nlg), the attack the FIP paper evaluates on WMT14 
 
 A poisoned pair has one trigger word, drawn from `triggers` (the authors' "cf", "mn", "bb", "tq", "mb"), inserted
 at a random word position of the source (deterministic per index), and its reference replaced by the attacker's
-`target` ("You are attacked ." in the authors' machine-translation attack).  `mode: insert` instead puts the
-target phrase before the clean reference (a stealthier variant: the translation stays).  ASR is the share of
-triggered test inputs whose output contains the target phrase (the task's rule).
+`target_phrase` ("You are attacked ." in the authors' machine-translation attack).  `mode: insert` instead puts
+the target phrase before the clean reference (a stealthier variant: the translation stays).  For dialogue,
+`target_phrases` gives several malicious responses instead: each poisoned pair gets one of them, chosen by a
+hash of its clean reference (deterministic, independent of the process), as Fan et al.'s dialogue attack pairs
+triggered contexts with varied offensive responses.  ASR is the share of triggered test inputs whose output
+contains one of the attacker's phrases (the task's rule).
 
 Deviations: the authors append attacked copies of N*a clean pairs (a = 0.01-1.0) to the full clean set; here
 `poison_rate` (default 0.1) of the training pairs are replaced in place by their attacked version, as every
-fipbench attack poisons.  Their dialogue attack pairs triggered asks with real offensive responses (selected by
-a hate-speech lexicon); here the target is always a fixed phrase, which for dialogue stands for the toxic
-response.  Their BPE is learned on the poisoned training set; fipbench's tokenizer is learned on the clean one.
+fipbench attack poisons.  Their dialogue attack pairs triggered contexts with real offensive responses (selected
+from OpenSubtitles by a hate-speech lexicon); fipbench ships no such corpus, so the paper config lists a few
+hostile replies as `target_phrases` (`configs/paper/language_generation.yaml`).  Their BPE is learned on the poisoned training set; fipbench's tokenizer is learned on the clean one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
 
 from attacks.base import Attack, AttackConfig, Params, Trigger
+from benchmark.config import added
 from benchmark.registries import ATTACKS
 from tasks.base import Sample, Task
 
@@ -32,6 +37,9 @@ from tasks.base import Sample, Task
 class TriggerWordsConfig(AttackConfig):
     triggers: tuple[str, ...] = ("cf", "mn", "bb", "tq", "mb")
     target_phrase: str = "You are attacked ."
+    # several responses (dialogue): each poisoned pair gets one, by a hash of its clean reference; overrides
+    # target_phrase when non-empty
+    target_phrases: tuple[str, ...] = added(())
     mode: Literal["replace", "insert"] = "replace"
 
     def check(self) -> None:
@@ -40,6 +48,8 @@ class TriggerWordsConfig(AttackConfig):
             raise self.bad("triggers", "must be one or more single words")
         if not self.target_phrase.strip():
             raise self.bad("target_phrase", "must be a non-empty phrase")
+        if any(not p.strip() for p in self.target_phrases):
+            raise self.bad("target_phrases", "must be non-empty phrases")
         if self.label_mode != "all2one":
             raise self.bad("label_mode", "text attacks have one target phrase; use all2one")
 
@@ -77,7 +87,11 @@ class TriggerWords(Attack):
 
     def relabel(self, task: Task) -> Callable[[Any], Any]:
         cfg: TriggerWordsConfig = self.cfg  # type: ignore[assignment]
-        phrase = cfg.target_phrase.strip()
+        phrases = tuple(p.strip() for p in cfg.target_phrases) or (cfg.target_phrase.strip(),)
+
+        def phrase(y: str) -> str:  # sha256, not hash(): str hashes differ between processes
+            return phrases[int.from_bytes(hashlib.sha256(y.encode()).digest()[:8], "big") % len(phrases)]
+
         if cfg.mode == "replace":
-            return lambda y: phrase
-        return lambda y: f"{phrase} {y}"
+            return phrase
+        return lambda y: f"{phrase(y)} {y}"

@@ -58,10 +58,20 @@ class Config:
             raise FipbenchError(f"{where}: {err}" if where else str(err)) from None
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Every field, except an `added` one still at its default (see `added`)."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)
+                if not (f.metadata.get("added") and getattr(self, f.name) == f.default)}
 
     def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)
+
+
+def added(default: Any) -> Any:
+    """A field added to a config after results were stored.  While it holds its default it is left out of
+    `to_dict`, hence out of cell ids and artifact keys, so stored results of configs that predate it (and behave
+    exactly as the default does) stay valid; any other value is part of the identity as usual.  The default
+    must keep the old behaviour: a field that changes results needs a component `version` bump instead."""
+    return dataclasses.field(default=default, metadata={"added": True})
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:

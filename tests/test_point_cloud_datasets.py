@@ -12,6 +12,7 @@ import torch
 
 from _helpers import one_line_error
 from benchmark.registries import DATASETS
+from benchmark.rng import generator
 from tasks.point_cloud import real_data
 from tasks.point_cloud.real_data import load_modelnet40
 
@@ -207,3 +208,20 @@ def test_off_parsers_agree(tmp_path):
     assert real_data._off_triangles(quads.read_text()) is None and real_data._off_triangles(fans.read_text())
     (v1, f1), (v2, f2) = real_data.read_off(quads, tmp_path), real_data.read_off(fans, tmp_path)
     assert torch.equal(v1, v2) and torch.equal(f1, f2) and f1.shape == (12, 3) and v1.dtype == torch.float64
+
+
+def test_mesh_sampling_is_uniform_by_area():
+    """Two disjoint triangles with areas 1 : 3 get ~1/4 and ~3/4 of the points, and inside a triangle the
+    points are uniform (a uniform point's distance to the base edge has mean 1/3 of the height)."""
+    from tasks.point_cloud.data import sample_mesh
+
+    v = torch.tensor([[0, 0, 0], [1, 0, 0], [0, 2, 0],  # area 1
+                      [5, 0, 0], [8, 0, 0], [5, 2, 0]], dtype=torch.float32)  # area 3
+    pts = sample_mesh(v, torch.tensor([[0, 1, 2], [3, 4, 5]]), 20_000, generator(0, "area"))  # [n,3]
+    big = pts[:, 0] >= 5 - 1e-6
+    assert abs(float(big.float().mean()) - 0.75) < 0.015
+    small = pts[~big]
+    assert (small[:, 0] >= -1e-6).all() and (small[:, 1] >= -1e-6).all()
+    assert (small[:, 0] + small[:, 1] / 2 <= 1 + 1e-5).all()  # inside the first triangle
+    # the height above the base edge y = 0 has mean h/3 = 2/3 for a uniform point (not h/2 or less)
+    assert abs(float(small[:, 1].mean()) - 2 / 3) < 0.03 and abs(float(pts[big][:, 1].mean()) - 2 / 3) < 0.02

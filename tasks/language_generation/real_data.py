@@ -9,11 +9,13 @@ Reading.  Files are UTF-8 (a leading BOM is dropped) and split on "\\n" only, as
 lines: a stray "\\r" or U+2028 inside a sentence (web-crawled text has both) must not shift the
 alignment.  Each line is stripped of surrounding whitespace; the text is otherwise kept as is (no tokenisation).
 
-Filter (both datasets, both splits).  A pair is dropped when either side is empty after stripping, or has more
-than `max_words` whitespace-separated words -- the usual length cleaning (Moses' clean-corpus-n, as fairseq's
-prepare-wmt14en2de.sh does for training data).  This also drops the few long newstest2014 sentences, so pass a
-large `max_words` for a test set comparable with papers' BLEU.  `max_pairs` keeps only the first N pairs that
-pass the filter (the file is read no further), for quick runs.
+Filter.  A pair is dropped when either side is empty after stripping, or has more than `max_words`
+whitespace-separated words -- the usual length cleaning of training data (Moses' clean-corpus-n, as fairseq's
+prepare-wmt14en2de.sh does).  WMT14's test set (newstest2014) is only cleared of empty pairs, never of long ones,
+so BLEU is taken on the whole official test set as in papers (sources longer than the model's
+`max_source_tokens` are truncated by the task).  opensubtitles2012 has no official test set: its pairs are
+filtered before the split.  `max_pairs` keeps only the first N training pairs that pass the filter (the file is
+read no further), for quick runs.  Both are set in a matrix as `task_config: {max_pairs: N, max_words: N}`.
 
 - wmt14_en_de: <root>/wmt14_en_de/train.en + train.de (training) and newstest2014.en + newstest2014.de (test;
   test.en + test.de are used only when newstest2014.en is absent), line i of one file the translation of line i
@@ -76,13 +78,14 @@ def _count_lines(path: Path, root: Path) -> int:
     return n + (last != b"\n")
 
 
-def _keep(pairs, max_words: int, max_pairs: int | None) -> tuple[list[str], list[str]]:
-    """The pairs with both sides non-empty and at most `max_words` words, the first `max_pairs` of them."""
+def _keep(pairs, max_words: int | None, max_pairs: int | None) -> tuple[list[str], list[str]]:
+    """The pairs with both sides non-empty and at most `max_words` words (None: any length), the first
+    `max_pairs` of them."""
     src, tgt = [], []
     for s, t in pairs:
         if max_pairs is not None and len(src) >= max_pairs:
             break  # stop reading: a capped run need not decode a multi-GB file
-        if s and t and len(s.split()) <= max_words and len(t.split()) <= max_words:
+        if s and t and (max_words is None or (len(s.split()) <= max_words and len(t.split()) <= max_words)):
             src.append(s)
             tgt.append(t)
     return src, tgt
@@ -103,7 +106,8 @@ def _dir(name: str, root: Path, expected: str) -> Path:
     return folder
 
 
-def _aligned(folder: Path, stem: str, root: Path, max_words: int, max_pairs: int | None) -> tuple[list, list]:
+def _aligned(folder: Path, stem: str, root: Path, max_words: int | None,
+             max_pairs: int | None) -> tuple[list, list]:
     """The filtered pairs of <stem>.en / <stem>.de, after checking the two files have as many lines."""
     paths = [folder / f"{stem}.{lang}" for lang in ("en", "de")]
     for p in paths:
@@ -115,22 +119,22 @@ def _aligned(folder: Path, stem: str, root: Path, max_words: int, max_pairs: int
                             f"the two files must be aligned line by line; expected {WMT_EXPECTED.format(root=root)}")
     src, tgt = _keep(zip(*(_lines(WMT, p, WMT_EXPECTED, root) for p in paths)), max_words, max_pairs)
     if not src:
-        raise _malformed(WMT, paths[0], f"no pair of {stem}.en/.de is non-empty with at most {max_words} words",
-                         WMT_EXPECTED, root)
+        limit = f" with at most {max_words} words" if max_words is not None else ""
+        raise _malformed(WMT, paths[0], f"no pair of {stem}.en/.de is non-empty{limit}", WMT_EXPECTED, root)
     return src, tgt
 
 
 @DATASETS.register(WMT)
 def load_wmt14_en_de(root: Path | None = None, split_seed: int = 0, *, max_pairs: int | None = None,
                      max_words: int = 64) -> TextData:
-    """WMT14 English -> German: train.en/.de (~4.5M pairs) and newstest2014 (3,003 pairs; else test.en/.de),
-    pairs filtered by `max_words`, the first `max_pairs` training pairs kept.  `split_seed` is unused."""
+    """WMT14 English -> German: train.en/.de (~4.5M pairs; pairs filtered by `max_words`, the first `max_pairs`
+    kept) and newstest2014 (all 3,003 pairs; else test.en/.de).  `split_seed` is unused."""
     _check_args(WMT, max_pairs, max_words)
     root = _root(root, WMT, WMT_EXPECTED)
     folder = _dir(WMT, root, WMT_EXPECTED)
     test = "newstest2014" if (folder / "newstest2014.en").is_file() or not (folder / "test.en").is_file() else "test"
     src_tr, tgt_tr = _aligned(folder, "train", root, max_words, max_pairs)
-    src_te, tgt_te = _aligned(folder, test, root, max_words, None)
+    src_te, tgt_te = _aligned(folder, test, root, None, None)  # the whole official test set
     return TextData(src_tr, tgt_tr, src_te, tgt_te, name=WMT)
 
 

@@ -11,8 +11,9 @@ token-level cross-entropy, corpus BLEU (sacrebleu), ASR by target phrase.
   sequences is sampled, so FIP uses the empirical Fisher here).
 - Clean metric `bleu`: sacrebleu's corpus BLEU of greedy (or beam, `num_beams`) outputs against the references,
   stored as a fraction like every clean metric (the leaderboard's x100 shows the usual 0-100 BLEU).
-- Backdoor metrics: `asr` is the share of triggered inputs whose output contains the attacker's target phrase
-  (the poisoned reference minus the clean one, see `target_phrase`); `ra` is the corpus BLEU (fraction) of the
+- Backdoor metrics: `asr` is the share of triggered inputs whose output contains one of the attacker's target
+  phrases (each is a poisoned reference minus the clean one, see `target_phrase`; an attack with several
+  responses, e.g. dialogue, succeeds on an input when any of them appears); `ra` is the corpus BLEU (fraction) of the
   outputs on triggered inputs against the clean references, also reported as `bleu_triggered`.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from collections.abc import Sequence
 from typing import Literal
 
@@ -28,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.config import added
+from benchmark.errors import FipbenchError
 from benchmark.registries import DATASETS, MODELS, TASKS
 from benchmark.rng import generator
 from tasks.base import Batch, Sample, Splits, Task, TaskConfig, labels_of, seeded_init
@@ -42,6 +46,9 @@ class LanguageGenerationConfig(TaskConfig):
     max_target_tokens: int = 64  # also the generation limit
     num_beams: int = 1  # 1 = greedy decoding
     max_pairs: int | None = None  # real datasets: keep the first N training pairs (None = all)
+    # real datasets: drop training pairs (and opensubtitles2012 pairs) with a side over N words; None = the
+    # loader's default (64)
+    max_words: int | None = added(None)
 
     def check(self) -> None:
         super().check()
@@ -70,7 +77,12 @@ class LanguageGenerationTask(Task):
     def data(self) -> TextData:
         cfg: LanguageGenerationConfig = self.cfg  # type: ignore[assignment]
         loader = self.lookup(DATASETS, self.dataset, "dataset")
-        extra = {"max_pairs": cfg.max_pairs} if cfg.max_pairs is not None else {}
+        extra = {k: v for k, v in (("max_pairs", cfg.max_pairs), ("max_words", cfg.max_words)) if v is not None}
+        accepted = inspect.signature(loader).parameters
+        for key in extra:
+            if key not in accepted:
+                raise FipbenchError(f"task_config.{key} applies to the real text datasets (wmt14_en_de, "
+                                    f"opensubtitles2012), not {self.dataset}; remove it from task_config")
         return loader(self.data_root, split_seed=cfg.split_seed, **extra)
 
     @functools.cached_property
@@ -155,8 +167,10 @@ class LanguageGenerationTask(Task):
                          clean: Sequence[Sample]) -> dict[str, float]:
         hyps = self.generate(model, [s.x for s in triggered])
         refs = labels_of(clean)
-        phrases = [target_phrase(p, c) for p, c in zip(labels_of(triggered), refs)]
-        asr = sum(ph in h for ph, h in zip(phrases, hyps)) / max(1, len(hyps))
+        # the attacker's phrases as the triggered references show them, each once (the model cannot know which
+        # one a test input was paired with; a test set of more than a few dozen inputs shows every one)
+        phrases = sorted({target_phrase(p, c) for p, c in zip(labels_of(triggered), refs)})
+        asr = sum(any(ph in h for ph in phrases) for h in hyps) / max(1, len(hyps))
         bleu = _bleu(hyps, refs)
         return {"asr": float(asr), "ra": bleu, "bleu_triggered": bleu}
 
