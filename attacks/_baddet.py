@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from attacks.base import Attack, AttackConfig, Params, Trigger
+from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS
 from tasks.base import Sample, Task, labels_of
 
@@ -67,6 +68,10 @@ class BadDetTrigger(Trigger):
         self.attack, self.inner = attack, inner
 
     def make_params(self, sample: Sample, gen: torch.Generator) -> Params:
+        h, w = sample.x.shape[-2:]
+        if min(h, w) < self.attack.k:  # real datasets have no fixed size: checked per image
+            raise FipbenchError(f"{self.attack.registry_name}: image {sample.index} is {w}x{h} px, smaller than the "
+                                f"{self.attack.k} px trigger; lower the attack's trigger_size")
         return {"regions": self.attack.regions(sample, gen)}
 
     def apply(self, sample: Sample, params: Params) -> Sample:

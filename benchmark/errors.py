@@ -17,6 +17,12 @@ class FipbenchError(Exception):
         super().__init__(" ".join(message.split()))  # force one line
 
 
+class NotApplicable(FipbenchError):
+    """A defense cannot run on this model: its architecture lacks what the method needs (e.g. Fine-Pruning's
+    last conv stage, CLP's Conv-BatchNorm pairs).  The runner records the cell as skipped with this message as
+    the reason, as it does for an unsupported modality, and the run goes on."""
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str], where: str = "") -> FipbenchError:
     """`unknown attack 'badnet' (did you mean 'badnets'?); known: badnets, blend`."""
     known = sorted(known)

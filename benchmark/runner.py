@@ -21,6 +21,7 @@ import torch
 from benchmark._schema import SCHEMA_VERSION, Record
 from benchmark.cache import ArtifactCache
 from benchmark.config import stable_hash
+from benchmark.errors import NotApplicable
 from benchmark.memory import PeakMemory
 from benchmark.registries import ATTACKS, DEFENSES, TASKS
 from benchmark.rng import generator
@@ -92,10 +93,14 @@ class Runner:
 
         original, model = model, copy.deepcopy(model)
         start = time.perf_counter()
-        with PeakMemory(task.device) as memory:
-            # The defense sees the clean holdout only: never the poisoned training split or the test split.
-            model = defense.purify(model, splits.holdout, task,
-                                   rng=generator(spec.seed, "defense", spec.defense.name))
+        try:
+            with PeakMemory(task.device) as memory:
+                # The defense sees the clean holdout only: never the poisoned training split or the test split.
+                model = defense.purify(model, splits.holdout, task,
+                                       rng=generator(spec.seed, "defense", spec.defense.name))
+        except NotApplicable as err:  # the method does not fit this architecture: a skip, like a modality
+            return {**base, "status": "skipped", "reason": str(err), "metrics": None, "timings": None,
+                    "defense_report": {}}
         seconds = time.perf_counter() - start
         after = self.evaluate(task, attack, model)
         before = manifest["metrics_before"]
@@ -133,11 +138,16 @@ class Runner:
             out.update(task.backdoor_metrics(model, triggered, clean))
         return out
 
-    def measure_sharpness(self, task: Task, model: torch.nn.Module, seed: int) -> dict[str, float]:
+    def measure_sharpness(self, task: Task, model: torch.nn.Module, seed: int) -> dict[str, float] | None:
+        """The sharpness figures, or None (logged) where the model has no second derivatives."""
         from defenses.fisher import sharpness
 
-        return sharpness(model, task.splits().holdout, task, generator=generator(seed, "sharpness"),
-                         batch_size=task.sharpness_batch)
+        try:
+            return sharpness(model, task.splits().holdout, task, generator=generator(seed, "sharpness"),
+                             batch_size=task.sharpness_batch)
+        except NotApplicable as err:
+            self.log(f"          no sharpness figures: {err}")
+            return None
 
     def artifact(self, spec: RunSpec, task: Task, attack: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The backdoored model for this spec: from the cache, or trained now and cached."""

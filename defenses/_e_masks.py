@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from benchmark.errors import FipbenchError
+from benchmark.errors import NotApplicable
 from tasks.base import Sample, Task
 
 _BN = nn.modules.batchnorm._BatchNorm
@@ -37,7 +37,7 @@ def neuron_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
         found = [(n, m) for n, m in model.named_modules()
                  if isinstance(m, _OTHER_NORMS) and getattr(m, "weight", None) is not None]
     if not found:
-        raise FipbenchError("neuron pruning needs affine normalisation layers (BatchNorm, LayerNorm or GroupNorm); "
+        raise NotApplicable("neuron pruning needs affine normalisation layers (BatchNorm, LayerNorm or GroupNorm); "
                             f"{type(model).__name__} has none")
     return found
 

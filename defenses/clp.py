@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from benchmark.errors import NotApplicable
 from benchmark.registries import DEFENSES
 from defenses import _d_layers
 from defenses.base import Defense, DefenseConfig
@@ -76,6 +77,9 @@ class CLP(Defense):
     def purify(self, model: nn.Module, clean: Sequence[Sample], task: Task, *, rng: torch.Generator) -> nn.Module:
         cfg: CLPConfig = self.cfg  # type: ignore[assignment]
         tr = _d_layers.trace(model, dummy_input(clean, task))
+        if not tr.conv_bn:  # e.g. a ViT: nothing to measure Lipschitz upper bounds on
+            raise NotApplicable("clp needs convolutions followed by BatchNorm (their channels' Lipschitz bounds); "
+                                "this model has none")
         modules = dict(model.named_modules())
         per_layer: dict[str, int] = {}
         for conv_name, bn_name in tr.conv_bn:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from benchmark.errors import FipbenchError
+from benchmark.errors import NotApplicable
 from benchmark.registries import DEFENSES
 from benchmark.rng import child
 from defenses import _d_layers
@@ -67,16 +67,16 @@ def find_feature_linear(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Line
     tr = _d_layers.trace(model, x)
     conv_idx = [i for i, c in enumerate(tr.calls) if isinstance(c.module, _d_layers.CONV_TYPES)]
     if not conv_idx:
-        raise FipbenchError("fine_pruning needs a model with convolution layers")
+        raise NotApplicable("fine_pruning needs a model with convolution layers")
     last_conv = tr.calls[conv_idx[-1]]
     lin = next((c for c in tr.calls[conv_idx[-1] + 1:] if isinstance(c.module, nn.Linear)), None)
     if lin is None or lin.in_shape is None or len(lin.in_shape) != 2:
-        raise FipbenchError("fine_pruning needs the last conv stage to feed a Linear layer with a flat "
+        raise NotApplicable("fine_pruning needs the last conv stage to feed a Linear layer with a flat "
                             f"[B, features] input (found {None if lin is None else lin.in_shape})")
     channels = last_conv.module.out_channels  # type: ignore[union-attr]
     features = lin.module.in_features  # type: ignore[union-attr]
     if features % channels:
-        raise FipbenchError(f"fine_pruning: {lin.name} takes {features} features, not a multiple of the last "
+        raise NotApplicable(f"fine_pruning: {lin.name} takes {features} features, not a multiple of the last "
                             f"conv's {channels} channels")
     return lin.name, lin.module, channels, features // channels  # type: ignore[return-value]
 

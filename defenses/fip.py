@@ -100,7 +100,7 @@ from benchmark.registries import DEFENSES
 from benchmark.rng import child
 from defenses import _spectral
 from defenses.base import Defense, TuningConfig, count_tuned
-from defenses.fisher import diagonal_fisher, frozen_norm_stats, trace_term
+from defenses.fisher import diagonal_fisher, frozen_norm_stats, second_order, trace_term
 from tasks.base import Batch, FitConfig, Hook, Sample, Task
 
 
@@ -202,8 +202,9 @@ class FIP(Defense):
                 top = max(float(f.max()) for f in fisher)
                 fisher = [f / max(top, 1e-30) for f in fisher]
         hook = FIPObjective(task, params, anchor, fisher, cfg, child(rng, "fisher-labels"))
-        result = task.fit(model, clean, cfg.fit, hooks=[hook], generator=child(rng, "fit"), params=params,
-                          desc=self.registry_name)
+        with second_order(self.registry_name):  # the trace term's double backward
+            result = task.fit(model, clean, cfg.fit, hooks=[hook], generator=child(rng, "fit"), params=params,
+                              desc=self.registry_name)
         self.report = {"variant": cfg.variant, "tuned_params": count_tuned(params), "steps": result.steps,
                        "fit_seconds": result.seconds,
                        "seconds_per_step": result.seconds / max(1, result.steps), "final_loss": result.final_loss}

@@ -19,7 +19,26 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import nn
 
+from benchmark.errors import NotApplicable
 from tasks.base import Batch, Sample, Task
+
+
+_NO_SECOND_ORDER = ("double backward", "double backwards", "derivative for")
+
+
+@contextlib.contextmanager
+def second_order(what: str) -> Iterator[None]:
+    """Turns torch's error for an op without a second derivative (e.g. torchvision's roi_align, the Hardswish of
+    MobileNetV3, a fused attention kernel) into `NotApplicable`: `what` cannot run on this model, and the runner
+    records that instead of failing the run."""
+    try:
+        yield
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if not any(marker in first for marker in _NO_SECOND_ORDER):
+            raise
+        raise NotApplicable(f"{what} cannot run: it needs second derivatives and an op of this model has none "
+                            f"(torch: {first[:160]})") from None
 
 
 @contextlib.contextmanager
@@ -122,11 +141,12 @@ def sharpness(model: nn.Module, data: Sequence[Sample], task: Task, *, generator
     try:
         # Parameters the loss never reaches (a Transformer's fixed sinusoidal position table) have no Hessian.
         model.eval()
-        used = torch.autograd.grad(task.loss(model, batch), params, allow_unused=True)
-        params = [p for p, g in zip(params, used) if g is not None]
-        out = {"hessian_max_eig": hessian_max_eigenvalue(model, batch, task, params, generator=generator),
-               "hessian_trace": hessian_trace(model, batch, task, params, generator=generator),
-               "fisher_trace": fisher_trace(model, fixed, task, params)}
+        with second_order("the sharpness figures (Hessian-vector products)"):
+            used = torch.autograd.grad(task.loss(model, batch), params, allow_unused=True)
+            params = [p for p, g in zip(params, used) if g is not None]
+            out = {"hessian_max_eig": hessian_max_eigenvalue(model, batch, task, params, generator=generator),
+                   "hessian_trace": hessian_trace(model, batch, task, params, generator=generator),
+                   "fisher_trace": fisher_trace(model, fixed, task, params)}
     finally:
         for p in frozen:
             p.requires_grad_(False)

@@ -40,6 +40,7 @@ from torch import nn
 from benchmark.registries import DEFENSES
 from benchmark.rng import child
 from defenses.base import Defense, DefenseConfig, count_tuned
+from defenses.fisher import second_order
 from tasks.base import Batch, Sample, Task
 
 
@@ -136,7 +137,8 @@ class IBAU(Defense):
             delta = universal_perturbation(model, batches, cfg)
             norms.append(float(delta.norm()))
             for batch in batches:
-                grads = hypergradient(model, params, delta, batch, cfg, gen)
+                with second_order("i_bau"):  # the implicit hypergradient differentiates a gradient
+                    grads = hypergradient(model, params, delta, batch, cfg, gen)
                 opt.zero_grad(set_to_none=True)
                 for p, g in zip(params, grads):
                     p.grad = g.detach()

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.errors import NotApplicable
 from benchmark.registries import DEFENSES
 from benchmark.rng import child
 from defenses import _d_layers
@@ -107,7 +108,7 @@ class NAD(Defense):
         names = _d_layers.stage_outputs(_d_layers.trace(model, _d_layers.example_input(clean, task)),
                                         len(cfg.betas))
         if not names:
-            raise ValueError("nad found no convolutional feature maps to distil")
+            raise NotApplicable("nad distils convolutional feature maps; this model has none")
         betas = list(cfg.betas)[-len(names):]  # the deepest β's when the model has fewer stages
 
         teacher = copy.deepcopy(model)

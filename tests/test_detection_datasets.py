@@ -207,3 +207,38 @@ def test_coco2017_errors_are_one_line_and_name_the_files(tmp_path):
     ann.write_text(good)
     (tmp_path / "coco" / "val2017" / "000000000007.jpg").unlink()
     assert "val2017/000000000007.jpg not found" in one_line_error(load_coco2017, tmp_path)
+
+
+@pytest.mark.parametrize("dataset", ["voc2007", "coco2017"])
+def test_real_format_data_through_the_task_and_every_baddet_attack(tmp_path, dataset):
+    """The real loaders' samples (no fixed image_size; COCO's of differing sizes) go through the task: each
+    BadDet attack poisons them, a detector trains a step, and mAP and ASR come out; a trigger larger than an
+    image is a one-line error, not a torch crash."""
+    from benchmark.errors import FipbenchError
+    from benchmark.registries import ATTACKS
+    from benchmark.rng import generator
+    from tasks.base import FitConfig
+    from tasks.object_detection import ObjectDetectionConfig, ObjectDetectionTask
+
+    if dataset == "voc2007":
+        write_voc(tmp_path, 2007, {"trainval": ["000001", "000002", "000004", "000003"], "test": ["000001", "000002"]})
+    else:
+        write_coco(tmp_path)
+    task = ObjectDetectionTask(dataset, ObjectDetectionConfig(holdout_fraction=0.25), data_root=tmp_path)
+    splits = task.splits()
+    if dataset == "coco2017":
+        assert len({tuple(s.x.shape) for s in [*splits.train, *splits.test]}) > 1  # sizes differ
+    model = task.build_model("small_fcos", generator(0, "init"))
+    for name in ("baddet_oga", "baddet_rma", "baddet_gma", "baddet_oda"):
+        cls = ATTACKS.get(name)
+        attack = cls(cls.Config(trigger_size=6, poison_rate=1.0), seed=0)
+        poisoned = attack.poison(task, splits.train)
+        assert poisoned.indices, name
+        task.fit(model, poisoned, FitConfig(steps=1, batch_size=2, lr=1e-3, optimizer="adam", weight_decay=0.0),
+                 generator=generator(0, "fit", name))
+        triggered, clean = attack.triggered_test(task, splits.test)
+        assert 0 <= task.metrics(model, splits.test)[task.metric_name] <= 1
+        assert 0 <= task.backdoor_metrics(model, triggered, clean)["asr"] <= 1
+        huge = cls(cls.Config(trigger_size=400, poison_rate=1.0), seed=0).poison(task, splits.train)
+        with pytest.raises(FipbenchError, match="smaller than the 400 px trigger; lower the attack's trigger_size"):
+            [huge[i] for i in huge.indices]

@@ -11,6 +11,7 @@ from benchmark.errors import FipbenchError
 from benchmark.registries import MODELS
 from benchmark.rng import generator
 from defenses import _spectral
+from defenses.fisher import second_order, trace_term
 from tasks.base import FitConfig
 from tasks.image_classification import ImageClassificationConfig, ImageClassificationTask
 from tasks.image_classification.models import Normalize
@@ -40,6 +41,17 @@ def test_seeded_build_trains_and_folds(name, task, splits):
     before = {k: v.clone() for k, v in sa.items()}
     task.fit(a, splits.train[:64], FitConfig(steps=2, batch_size=32, lr=0.01), generator=generator(0, "fit"))
     assert any(not torch.equal(before[k], v) for k, v in a.state_dict().items() if v.is_floating_point())
+
+    # Second derivatives exist (FIP's trace term, I-BAU and the sharpness figures need them; DeiT's fused
+    # attention kernel has none, so the model is built with explicit attention).  Checked on one model per op
+    # family: the ResNets and VGG are built from the small CNN's ops (conv, BatchNorm, ReLU, pooling, linear),
+    # and a double backward through them costs 10-25 s on 2 cores.
+    if name not in ("small_cnn", "mobilenet_v2", "deit_tiny"):
+        return
+    params = [p for p in a.parameters() if p.requires_grad]
+    with second_order(name):
+        trace_term(a, task.collate(splits.train[:4]), task, params).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
 
     # Fast FIP's reparametrisation starts at the same function and folds back to the same plain layers.
     a.eval()

@@ -262,3 +262,32 @@ def test_repeated_random_sigkills_lose_nothing(tmp_path, subprocess_env):
     assert proc.returncode == 0, err
     metrics = lambda root: {r["cell_id"]: r["metrics"] for r in ResultStore(root).all()}  # noqa: E731
     assert metrics(results) == metrics(clean / "results")
+
+
+def test_a_defense_that_does_not_fit_the_model_is_a_skipped_record(tiny_run, tmp_path, monkeypatch, capsys):
+    """NotApplicable from a defense (Fine-Pruning on a ViT, ANP on SSD) and from the sharpness figures (a model
+    without second derivatives) is recorded, with its reason, and the run goes on to the next cell."""
+    from benchmark.errors import NotApplicable
+    from benchmark.registries import DEFENSES
+    from defenses import fisher
+
+    def no_fit(self, *a, **k):
+        raise NotApplicable("clp needs convolutions followed by BatchNorm; this model has none")
+
+    def no_second_order(*a, **k):
+        with fisher.second_order("the sharpness figures"):
+            raise RuntimeError("derivative for aten::hardsigmoid_backward is not implemented")
+
+    monkeypatch.setattr(DEFENSES.get("clp"), "purify", no_fit)
+    monkeypatch.setattr(fisher, "sharpness", no_second_order)
+    _, cache, _ = tiny_run
+    (tmp_path / "m.yaml").write_text(tiny_matrix("[badnets]", "[clp, {name: finetune, config: {fit: {steps: 2}}}]"))
+    # a fresh cache: the backdoored model's own sharpness is measured (and found missing) too
+    assert main(["run", str(tmp_path / "m.yaml"), "--results", str(tmp_path / "r"),
+                 "--cache", str(tmp_path / "c")]) == 0
+    recs = {r["spec"]["defense"]: r for r in ResultStore(tmp_path / "r").all()}
+    assert recs["clp"]["status"] == "skipped" and "followed by BatchNorm" in recs["clp"]["reason"]
+    ft = recs["finetune"]
+    assert ft["status"] == "ok" and ft["metrics"]["sharpness_before"] is None and ft["metrics"]["sharpness_after"] is None
+    assert "no sharpness figures: the sharpness figures cannot run: it needs second derivatives" in \
+        capsys.readouterr().out

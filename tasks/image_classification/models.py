@@ -167,4 +167,7 @@ def deit_tiny(in_channels: int, num_classes: int, mean: Sequence[float], std: Se
         raise ValueError(f"deit_tiny needs an image side divisible by its patch size {patch}, got {image_size}")
     net = timm.create_model("deit_tiny_patch16_224", pretrained=False, img_size=image_size, patch_size=patch,
                             in_chans=in_channels, num_classes=num_classes)
+    for m in net.modules():  # explicit softmax attention: the fused kernel has no second derivative, which
+        if hasattr(m, "fused_attn"):  # FIP's trace term, I-BAU and the sharpness figures need
+            m.fused_attn = False
     return nn.Sequential(Normalize(mean, std), net)
