@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.base import Params, Trigger
+from benchmark.progress import progress_bar
 from tasks.base import Sample
 
 
@@ -32,19 +33,21 @@ def minibatch(data: Sequence[Sample], batch_size: int, gen: torch.Generator) -> 
 
 
 def optimise(params: Sequence[nn.Parameter], loss_fn: Callable[[int], torch.Tensor], *, steps: int,
-             lr: float) -> float:
+             lr: float, desc: str) -> float:
     """Adam for `steps` steps on `loss_fn(step)`; returns the last loss.
 
     A dedicated loop because these objectives (steganographic reconstruction, style matching) are not the
     task's loss on labelled samples, which is all that `Task.fit` optimises."""
     opt = torch.optim.Adam(params, lr=lr)
     value = float("nan")
-    for step in range(steps):
-        loss = loss_fn(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        value = float(loss.detach())
+    with progress_bar(desc, steps) as tick:
+        for step in range(steps):
+            loss = loss_fn(step)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            value = float(loss.detach())
+            tick(value)
     return value
 
 

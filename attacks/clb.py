@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from attacks._surrogate import train_surrogate
 from attacks.base import Attack, AttackConfig, Params, PoisonedDataset, Trigger
 from benchmark.errors import FipbenchError
+from benchmark.progress import progress_bar
 from benchmark.registries import ATTACKS
 from benchmark.rng import child
 from tasks.base import FitConfig, Hook, Sample, Task, labels_of
@@ -162,13 +163,15 @@ def adversarial_deltas(task: Task, model: torch.nn.Module, data: Sequence[Sample
     samples' indices [n] int64 and their deltas [n,*x.shape] int8 in 1/255 units.  Quantising to 1/255 steps
     keeps the L_inf bound, since |round(255 d)| <= round(255 eps)."""
     index, deltas = [], []
-    for start in range(0, len(positions), batch_size):
-        samples = [data[i] for i in positions[start:start + batch_size]]
-        batch = task.to_device(task.collate(samples))
-        x = batch["x"].float()  # [B,C,H,W] images or [B,T,C,H,W] clips
-        adv = pgd(model, x, batch["y"], eps, step, steps)
-        deltas.append(((adv - x) * 255).round().clamp(-127, 127).to(torch.int8).cpu())
-        index += [s.index for s in samples]
+    with progress_bar("pgd perturbations", -(-len(positions) // batch_size), figure="max |δ|") as tick:
+        for start in range(0, len(positions), batch_size):
+            samples = [data[i] for i in positions[start:start + batch_size]]
+            batch = task.to_device(task.collate(samples))
+            x = batch["x"].float()  # [B,C,H,W] images or [B,T,C,H,W] clips
+            adv = pgd(model, x, batch["y"], eps, step, steps)
+            deltas.append(((adv - x) * 255).round().clamp(-127, 127).to(torch.int8).cpu())
+            index += [s.index for s in samples]
+            tick(float((adv - x).abs().max()))
     return torch.tensor(index, dtype=torch.int64), torch.cat(deltas)
 
 

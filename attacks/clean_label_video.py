@@ -55,6 +55,7 @@ from attacks._surrogate import train_surrogate
 from attacks.base import Attack, AttackConfig, Params, PoisonedDataset, Trigger
 from attacks.clb import adversarial_deltas
 from benchmark.errors import FipbenchError
+from benchmark.progress import progress_bar
 from benchmark.registries import ATTACKS
 from benchmark.rng import child
 from tasks.base import FitConfig, Sample, Task, labels_of
@@ -169,17 +170,19 @@ class CleanLabelVideo(Attack):
         cfg: CleanLabelVideoConfig = self.cfg  # type: ignore[assignment]
         t, c, k = shape
         patch = torch.full((t, c, k, k), 0.5, device=task.device)
-        for _ in range(cfg.uat_steps):
-            pick = torch.randint(0, len(others), (min(cfg.uat_batch_size, len(others)),), generator=gen).tolist()
-            x = task.to_device(task.collate([train[others[i]] for i in pick]))["x"].float()  # [B,T,C,H,W]
-            patch.requires_grad_(True)
-            logits = model(paste(x, patch))  # [B,K]
-            target = torch.full((len(x),), cfg.target, device=x.device)
-            rival = logits.detach().clone()
-            rival[:, cfg.target] = -torch.inf
-            loss = F.cross_entropy(logits, target) - F.cross_entropy(logits, rival.argmax(1))
-            grad, = torch.autograd.grad(loss, patch)
-            patch = (patch.detach() - cfg.uat_step * grad.sign()).clamp(0, 1)
+        with progress_bar("clean-label video trigger", cfg.uat_steps) as tick:
+            for _ in range(cfg.uat_steps):
+                pick = torch.randint(0, len(others), (min(cfg.uat_batch_size, len(others)),), generator=gen).tolist()
+                x = task.to_device(task.collate([train[others[i]] for i in pick]))["x"].float()  # [B,T,C,H,W]
+                patch.requires_grad_(True)
+                logits = model(paste(x, patch))  # [B,K]
+                target = torch.full((len(x),), cfg.target, device=x.device)
+                rival = logits.detach().clone()
+                rival[:, cfg.target] = -torch.inf
+                loss = F.cross_entropy(logits, target) - F.cross_entropy(logits, rival.argmax(1))
+                grad, = torch.autograd.grad(loss, patch)
+                patch = (patch.detach() - cfg.uat_step * grad.sign()).clamp(0, 1)
+                tick(float(loss.detach()))
         return patch.detach().cpu()
 
     def state_dict(self) -> dict[str, torch.Tensor]:

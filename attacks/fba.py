@@ -149,7 +149,7 @@ def train_transform(train: Sequence[Sample], shape: tuple[int, int, int], cfg: F
         content = (fy[2] - fx[2]).pow(2).mean()
         return cfg.style_weight * style + cfg.content_weight * content
 
-    optimise(list(net.parameters()), loss, steps=cfg.steps, lr=cfg.lr)
+    optimise(list(net.parameters()), loss, steps=cfg.steps, lr=cfg.lr, desc="fba style transform")
     return net.eval()
 
 

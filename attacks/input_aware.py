@@ -46,6 +46,7 @@ from torch import nn
 
 from attacks._b_nets import backdoor_labels, build_net, evaluating, net_device, prefixed, unprefixed
 from attacks.base import Attack, AttackConfig, Params, Trigger
+from benchmark.progress import progress_bar
 from benchmark.registries import ATTACKS
 from benchmark.rng import child, generator
 from tasks.base import Batch, Hook, Sample, Task
@@ -221,18 +222,21 @@ class InputAware(Attack):
         m = self.nets[1].to(task.device).train()
         opt = torch.optim.Adam(m.parameters(), lr=cfg.lr_m, betas=(0.5, 0.9))
         bs = min(cfg.mask_batch_size, len(train))
-        for _ in range(cfg.mask_epochs):
-            first, second = torch.randperm(len(train), generator=gen), torch.randperm(len(train), generator=gen)
-            for start in range(0, len(train) - bs + 1, bs):
-                x1, x2 = (task.to_device(task.augment(task.collate([train[int(i)] for i in perm[start:start + bs]]),
-                                                      gen))["x"] for perm in (first, second))
-                m1, m2 = mask(m, x1), mask(m, x2)  # [B,1,H,W]
-                div = (rms_distance(x1, x2) / (rms_distance(m1, m2) + EPS)).mean()
-                norm = torch.relu(m1 - cfg.mask_density).mean()
-                loss = cfg.lambda_norm * norm + cfg.lambda_div * div
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+        with progress_bar("input-aware mask", cfg.mask_epochs) as tick:
+            for _ in range(cfg.mask_epochs):
+                first, second = (torch.randperm(len(train), generator=gen) for _ in range(2))
+                for start in range(0, len(train) - bs + 1, bs):
+                    x1, x2 = (task.to_device(task.augment(
+                        task.collate([train[int(i)] for i in perm[start:start + bs]]), gen))["x"]
+                        for perm in (first, second))
+                    m1, m2 = mask(m, x1), mask(m, x2)  # [B,1,H,W]
+                    div = (rms_distance(x1, x2) / (rms_distance(m1, m2) + EPS)).mean()
+                    norm = torch.relu(m1 - cfg.mask_density).mean()
+                    loss = cfg.lambda_norm * norm + cfg.lambda_div * div
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                tick(float(loss.detach()))
         m.eval()
 
     def select(self, task: Task, data: Sequence[Sample]) -> list[int]:

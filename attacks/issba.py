@@ -142,7 +142,7 @@ def train_stegastamp(train: Sequence[Sample], channels: int, cfg: ISSBAConfig,
         weight = cfg.image_loss_weight * min(1.0, max(0, step - quiet) / ramp)
         return cfg.secret_loss_weight * secret_loss + weight * image_loss
 
-    optimise([*enc.parameters(), *dec.parameters()], loss, steps=cfg.steps, lr=cfg.lr)
+    optimise([*enc.parameters(), *dec.parameters()], loss, steps=cfg.steps, lr=cfg.lr, desc="issba encoder")
     enc.eval(), dec.eval()
     return enc, dec
 

@@ -41,6 +41,7 @@ from attacks._surrogate import train_surrogate
 from attacks.base import Attack, AttackConfig, Trigger
 from attacks.sig import AdditiveTrigger
 from benchmark.errors import FipbenchError
+from benchmark.progress import progress_bar
 from benchmark.registries import ATTACKS
 from benchmark.rng import child
 from tasks.base import FitConfig, Sample, Task, labels_of
@@ -116,15 +117,17 @@ class LowFrequency(Attack):
         # A dedicated loop: the variable is one universal perturbation optimised through a frozen surrogate, not
         # the model's weights on the task's data, so Task.fit does not apply.
         opt = torch.optim.Adam([u], lr=cfg.lr)
-        for _ in range(cfg.steps):
-            pick = torch.randint(len(pool), (min(cfg.batch_size, len(pool)),), generator=gen).tolist()
-            x = torch.stack([train[pool[i]].x for i in pick]).to(task.device)  # [B,C,H,W]
-            v = smooth_trigger(u, transfer, cfg.epsilon)  # [C,H,W]
-            logits = model((x + v).clamp(0, 1))
-            loss = F.cross_entropy(logits, torch.full((len(pick),), cfg.target, device=task.device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        with progress_bar("lf perturbation", cfg.steps) as tick:
+            for _ in range(cfg.steps):
+                pick = torch.randint(len(pool), (min(cfg.batch_size, len(pool)),), generator=gen).tolist()
+                x = torch.stack([train[pool[i]].x for i in pick]).to(task.device)  # [B,C,H,W]
+                v = smooth_trigger(u, transfer, cfg.epsilon)  # [C,H,W]
+                logits = model((x + v).clamp(0, 1))
+                loss = F.cross_entropy(logits, torch.full((len(pick),), cfg.target, device=task.device))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                tick(float(loss.detach()))
         self.pattern = smooth_trigger(u.detach(), transfer, cfg.epsilon).cpu()
 
     def state_dict(self) -> dict[str, torch.Tensor]:

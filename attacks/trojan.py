@@ -45,6 +45,7 @@ from attacks._image import CompositeTrigger
 from attacks._surrogate import train_surrogate
 from attacks.base import Attack, AttackConfig, Trigger
 from benchmark.errors import FipbenchError
+from benchmark.progress import progress_bar
 from benchmark.registries import ATTACKS
 from benchmark.rng import child
 from tasks.base import FitConfig, Sample, Task
@@ -171,13 +172,15 @@ class Trojan(Attack):
         # step on a loss over the task's data, so Task.fit does not apply.
         opt = torch.optim.Adam([w], lr=cfg.neuron_lr)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.neuron_steps)
-        for _ in range(cfg.neuron_steps):
-            act = self.neuron_activation(task, model, (torch.tanh(w) + 1) / 2)  # [neuron_num]
-            loss = F.mse_loss(act, torch.full_like(act, cfg.target_value), reduction="sum")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+        with progress_bar("trojan trigger", cfg.neuron_steps) as tick:
+            for _ in range(cfg.neuron_steps):
+                act = self.neuron_activation(task, model, (torch.tanh(w) + 1) / 2)  # [neuron_num]
+                loss = F.mse_loss(act, torch.full_like(act, cfg.target_value), reduction="sum")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                tick(float(loss.detach()))
         self.patch = ((torch.tanh(w.detach()) + 1) / 2).cpu()
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -95,6 +95,22 @@ def load_weights(model: nn.Module, path: Path) -> None:
 
     A file whose tensors do not match the model's names and shapes is refused with a one-line error.
     """
+    state = read_state(path)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"shape mismatch at {shapes[:3]}")
+        raise FipbenchError(f"{path}: checkpoint does not fit model {type(model).__name__} ({detail}); "
+                            f"check the model name and dataset it was trained for")
+    model.load_state_dict(state, strict=True)
+
+
+def read_state(path: Path) -> dict:
+    """The tensors of a safetensors file or a weights-only torch file (a bare state dict, or one under
+    "state_dict"); anything that needs unpickling beyond tensors is refused with a one-line error."""
     path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -115,13 +131,6 @@ def load_weights(model: nn.Module, path: Path) -> None:
                                 f"re-save it as a state_dict or convert it to safetensors") from None
         if isinstance(state, dict) and "state_dict" in state:
             state = state["state_dict"]
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or shapes:
-        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
-                  else f"shape mismatch at {shapes[:3]}")
-        raise FipbenchError(f"{path}: checkpoint does not fit model {type(model).__name__} ({detail}); "
-                            f"check the model name and dataset it was trained for")
-    model.load_state_dict(state, strict=True)
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise FipbenchError(f"{path}: not a state dict of tensors; re-save it with torch.save(model.state_dict())")
+    return state

@@ -97,5 +97,5 @@ def format_plan(rows: list[dict[str, str]]) -> str:
     pending = sum(r["status"] == "pending" for r in rows)
     trains = sum(r["artifact"] == "train" for r in rows)
     lines.append(f"{len(rows)} cells: {len(rows) - pending} done, {pending} pending; "
-                 f"{trains} backdoored models to train")
+                 f"{trains} backdoored model{'' if trains == 1 else 's'} to train")
     return "\n".join(lines)

@@ -10,7 +10,9 @@ from collections.abc import Callable, Iterator
 
 
 @contextlib.contextmanager
-def progress_bar(desc: str, total: int, enabled: bool = True) -> Iterator[Callable[[float], None]]:
+def progress_bar(desc: str, total: int, enabled: bool = True,
+                 figure: str = "loss") -> Iterator[Callable[[float], None]]:
+    """`with progress_bar(desc, total) as tick: ... tick(value)` once per step; `figure` names the value shown."""
     if not enabled or not sys.stderr.isatty() or os.environ.get("FIPBENCH_PROGRESS") == "0":
         yield lambda loss: None
         return
@@ -23,6 +25,6 @@ def progress_bar(desc: str, total: int, enabled: bool = True) -> Iterator[Callab
     )
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("loss {task.fields[loss]:.3f}"), TimeRemainingColumn(), transient=True) as bar:
+                  TextColumn(figure + " {task.fields[loss]:.3f}"), TimeRemainingColumn(), transient=True) as bar:
         tid = bar.add_task(desc, total=total, loss=float("nan"))
         yield lambda loss: bar.update(tid, advance=1, loss=loss)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.progress import progress_bar
 from benchmark.registries import DEFENSES
 from benchmark.rng import child
 from defenses.base import Defense, DefenseConfig, count_tuned
@@ -133,17 +134,19 @@ class IBAU(Defense):
                    for s in range(0, len(clean), cfg.batch_size)]
         gen = child(rng, "outer-portion")
         norms, steps = [], 0
-        for _ in range(cfg.n_rounds):
-            delta = universal_perturbation(model, batches, cfg)
-            norms.append(float(delta.norm()))
-            for batch in batches:
-                with second_order("i_bau"):  # the implicit hypergradient differentiates a gradient
-                    grads = hypergradient(model, params, delta, batch, cfg, gen)
-                opt.zero_grad(set_to_none=True)
-                for p, g in zip(params, grads):
-                    p.grad = g.detach()
-                opt.step()
-                steps += 1
+        with progress_bar("i_bau", cfg.n_rounds, figure="‖δ‖") as tick:
+            for _ in range(cfg.n_rounds):
+                delta = universal_perturbation(model, batches, cfg)
+                norms.append(float(delta.norm()))
+                for batch in batches:
+                    with second_order("i_bau"):  # the implicit hypergradient differentiates a gradient
+                        grads = hypergradient(model, params, delta, batch, cfg, gen)
+                    opt.zero_grad(set_to_none=True)
+                    for p, g in zip(params, grads):
+                        p.grad = g.detach()
+                    opt.step()
+                    steps += 1
+                tick(norms[-1])
         model.eval()
         self.report = {"tuned_params": count_tuned(params), "rounds": cfg.n_rounds, "outer_steps": steps,
                        "perturbation_l2": norms}

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from benchmark.progress import progress_bar
 from benchmark.registries import DEFENSES
 from benchmark.rng import child
 from defenses.base import Defense, TuningConfig, count_tuned
@@ -92,44 +93,46 @@ def reverse_engineer(model: nn.Module, clean: Sequence[Sample], task: Task, targ
     cost, set_counter, up, down, up_flag, down_flag = cfg.init_cost, 0, 0, 0, False, False
     best = (math.inf, None, None)
     es_best, es_counter, epoch = math.inf, 0, 0
-    for epoch in range(1, cfg.epochs + 1):
-        order = torch.randperm(len(clean), generator=generator).tolist()
-        hits, n = 0, 0
-        for s in range(0, len(order), cfg.batch_size):
-            batch = task.to_device(task.collate([clean[i] for i in order[s:s + cfg.batch_size]]))
-            mask, pattern = _from_tanh(m_t), _from_tanh(p_t)
-            logits = model(stamp(batch["x"], mask, pattern))  # [B,K]
-            tgt = torch.full_like(batch["y"], target)
-            l1 = mask.sum()
-            loss = F.cross_entropy(logits, tgt) + cost * l1
-            opt.zero_grad(set_to_none=True)
-            grads = torch.autograd.grad(loss, [m_t, p_t])
-            m_t.grad, p_t.grad = grads
-            opt.step()
-            hits += int((logits.argmax(1) == tgt).sum())
-            n += len(tgt)
-        acc = hits / n
-        with torch.no_grad():
-            reg = float(_from_tanh(m_t).sum())
-        if acc >= cfg.attack_threshold and reg < best[0]:
-            best = (reg, _from_tanh(m_t).detach().clone(), _from_tanh(p_t).detach().clone())
-        # early stop (authors): best norm stalled by < 1 % for `early_stop_patience` epochs, cost moved both ways
-        if best[0] < math.inf:
-            es_counter = es_counter + 1 if best[0] >= cfg.early_stop_threshold * es_best else 0
-            es_best = min(es_best, best[0])
-        if up_flag and down_flag and es_counter >= cfg.early_stop_patience:
-            break
-        # cost schedule (authors)
-        if cost == 0:
-            set_counter = set_counter + 1 if acc >= cfg.attack_threshold else 0
-            if set_counter >= cfg.patience:
-                cost, up, down, up_flag, down_flag = cfg.init_cost, 0, 0, False, False
-        else:
-            up, down = (up + 1, 0) if acc >= cfg.attack_threshold else (0, down + 1)
-            if up >= cfg.patience:
-                up, up_flag, cost = 0, True, cost * cfg.cost_multiplier
-            elif down >= cfg.patience:
-                down, down_flag, cost = 0, True, cost / cfg.cost_multiplier ** 1.5
+    with progress_bar(f"neural cleanse class {target}", cfg.epochs) as tick:
+        for epoch in range(1, cfg.epochs + 1):
+            order = torch.randperm(len(clean), generator=generator).tolist()
+            hits, n = 0, 0
+            for s in range(0, len(order), cfg.batch_size):
+                batch = task.to_device(task.collate([clean[i] for i in order[s:s + cfg.batch_size]]))
+                mask, pattern = _from_tanh(m_t), _from_tanh(p_t)
+                logits = model(stamp(batch["x"], mask, pattern))  # [B,K]
+                tgt = torch.full_like(batch["y"], target)
+                l1 = mask.sum()
+                loss = F.cross_entropy(logits, tgt) + cost * l1
+                opt.zero_grad(set_to_none=True)
+                grads = torch.autograd.grad(loss, [m_t, p_t])
+                m_t.grad, p_t.grad = grads
+                opt.step()
+                hits += int((logits.argmax(1) == tgt).sum())
+                n += len(tgt)
+            acc = hits / n
+            tick(float(loss.detach()))
+            with torch.no_grad():
+                reg = float(_from_tanh(m_t).sum())
+            if acc >= cfg.attack_threshold and reg < best[0]:
+                best = (reg, _from_tanh(m_t).detach().clone(), _from_tanh(p_t).detach().clone())
+            # early stop (authors): best norm stalled by < 1 % for `early_stop_patience` epochs, cost moved both ways
+            if best[0] < math.inf:
+                es_counter = es_counter + 1 if best[0] >= cfg.early_stop_threshold * es_best else 0
+                es_best = min(es_best, best[0])
+            if up_flag and down_flag and es_counter >= cfg.early_stop_patience:
+                break
+            # cost schedule (authors)
+            if cost == 0:
+                set_counter = set_counter + 1 if acc >= cfg.attack_threshold else 0
+                if set_counter >= cfg.patience:
+                    cost, up, down, up_flag, down_flag = cfg.init_cost, 0, 0, False, False
+            else:
+                up, down = (up + 1, 0) if acc >= cfg.attack_threshold else (0, down + 1)
+                if up >= cfg.patience:
+                    up, up_flag, cost = 0, True, cost * cfg.cost_multiplier
+                elif down >= cfg.patience:
+                    down, down_flag, cost = 0, True, cost / cfg.cost_multiplier ** 1.5
     if best[1] is None:  # never reached the success threshold: keep the last trigger (as the authors)
         with torch.no_grad():
             best = (float(_from_tanh(m_t).sum()), _from_tanh(m_t).detach().clone(), _from_tanh(p_t).detach().clone())

@@ -31,9 +31,10 @@ class ClassificationConfig(TaskConfig):
     # The task's standard training augmentation, used by every training run: backdoor training and every
     # tuning defense (the FIP authors' code and BackdoorBench both fine-tune with it).
     augment: bool = True
-    # Optional local weight file loaded into every freshly built model before backdoor training (e.g. an
-    # ImageNet-pretrained ResNet-50 state_dict converted to safetensors, keys prefixed "1." for the model after
-    # Normalize).  Nothing is ever downloaded.
+    # Optional local weight file loaded into every freshly built model before backdoor training: fipbench's own
+    # layout, or the plain network's state dict (e.g. torchvision's ImageNet ResNet-50 or Kinetics r3d_18 saved
+    # with torch.save / safetensors), whose classifier head is dropped when its class count differs (see
+    # `load_pretrained`).  Nothing is ever downloaded.
     init_weights: str | None = None
 
 
@@ -82,13 +83,11 @@ class ClassificationTask(Task):
             model = builder(num_classes=self.num_classes, **self.model_kwargs())
         init = getattr(self.cfg, "init_weights", None)
         if init:
-            from benchmark.cache import load_weights  # safetensors or weights-only: never a pickle
-
             path = Path(init).expanduser()
             if not path.is_file():
                 raise FipbenchError(f"init_weights {str(path)!r} does not exist; give the path of a local "
                                     f".safetensors (or weights-only .pt) file for model {arch!r}")
-            load_weights(model, path)
+            load_pretrained(model, path)
         return model.to(self.device)
 
     def augment(self, batch: Batch, generator: torch.Generator) -> Batch:
@@ -159,3 +158,40 @@ class ClassificationTask(Task):
             return (y + 1) % self.num_classes
         raise FipbenchError(f"{type(self).registry_name} has no label mode {mode!r}; "  # type: ignore[attr-defined]
                             f"use 'all2one' or 'all2all'")
+
+
+def load_pretrained(model: nn.Module, path: Path) -> str:
+    """Load `init_weights` into a freshly built model; returns what was loaded.
+
+    Accepted: (1) a checkpoint of the whole model, fipbench's layout (e.g. a backdoored model from the cache);
+    (2) the wrapped network's own state dict, as torchvision / timm save it (no "1." prefix, no normalisation
+    buffers: the model's own input normalisation is kept), optionally under DataParallel's "module." prefix.
+    In (2) a classifier head whose shape differs (ImageNet's 1000 or Kinetics' 400 classes) is left at its
+    random init, as in any fine-tuning; any other missing, unexpected or mis-shaped tensor is a one-line error
+    (e.g. a 7x7 ImageNet stem for a model built with the 3x3 small-input stem).
+    """
+    from benchmark.cache import load_weights, read_state  # safetensors or weights-only: never a pickle
+
+    state = read_state(path)
+    expected = model.state_dict()
+    if set(state) == set(expected) or not (isinstance(model, nn.Sequential) and len(model) == 2
+                                           and not list(model[0].parameters())):
+        load_weights(model, path)  # the whole model, or a plain model: exact names and shapes
+        return "all weights"
+    net = model[1]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    own = net.state_dict()
+    linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    head = {f"{linears[-1]}.weight", f"{linears[-1]}.bias"} if linears else set()
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    dropped = [k for k in wrong if k in head]
+    missing = sorted(set(own) - set(state) - set(dropped))
+    problems = ([f"missing {missing[:3]}"] if missing else []) + \
+        ([f"unexpected {sorted(set(state) - set(own))[:3]}"] if set(state) - set(own) else []) + \
+        [f"{k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the model"
+         for k in wrong if k not in head][:2]
+    if problems:
+        raise FipbenchError(f"{path}: checkpoint does not fit model {type(net).__name__} ({'; '.join(problems)}); "
+                            f"check the model name, its small-input adaptations and the dataset it was trained for")
+    net.load_state_dict({k: v for k, v in state.items() if k not in dropped}, strict=False)
+    return "backbone; classifier head left at random init" if dropped else "network weights"

@@ -78,7 +78,7 @@ def test_dry_run_reports_done_and_pending_and_runs_nothing(tmp_path, capsys):
     base = ["run", str(cfg), "--results", str(tmp_path / "r"), "--cache", str(tmp_path / "c"), "--no-sharpness"]
     assert main([*base, "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "2 cells: 0 done, 2 pending; 1 backdoored models to train" in out
+    assert "2 cells: 0 done, 2 pending; 1 backdoored model to train" in out
     assert "train" in out and "shared" in out
     assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
 

@@ -79,6 +79,22 @@ def test_init_weights_loads_a_local_file_and_refuses_bad_ones(tmp_path, task):
     assert all(torch.equal(v, src.state_dict()[k]) for k, v in got.state_dict().items())
     with pytest.raises(FipbenchError, match="does not fit model"):
         t.build_model("resnet18", generator(0, "init"))
+    # The plain network's own state dict (torchvision / timm layout, here DataParallel-prefixed, trained for 7
+    # classes): the backbone loads, the 7-class head stays at its random init, normalisation stays the model's.
+    other = MODELS.get("resnet18")(in_channels=1, num_classes=7, mean=[0.1], std=[0.2], image_size=16)
+    torch.save({f"module.{k}": v for k, v in other[1].state_dict().items()}, tmp_path / "net.pt")
+    t = ImageClassificationTask("digits", ImageClassificationConfig(init_weights=str(tmp_path / "net.pt")))
+    got, fresh = t.build_model("resnet18", generator(0, "init")), task.build_model("resnet18", generator(0, "init"))
+    for k, v in got.state_dict().items():
+        ref = fresh.state_dict()[k] if k.startswith(("0.", "1.fc.")) else other.state_dict()[k]
+        assert torch.equal(v, ref), k
+    # ...but a torchvision ImageNet ResNet-18 does not fit the small-input model (7x7 RGB stem): one line
+    import torchvision
+
+    torch.save(torchvision.models.resnet18(num_classes=1000).state_dict(), tmp_path / "imagenet.pt")
+    t = ImageClassificationTask("digits", ImageClassificationConfig(init_weights=str(tmp_path / "imagenet.pt")))
+    with pytest.raises(FipbenchError, match=r"conv1.weight is \(64, 3, 7, 7\) in the file but \(64, 1, 3, 3\)"):
+        t.build_model("resnet18")
     missing = ImageClassificationTask("digits", ImageClassificationConfig(init_weights=str(tmp_path / "nope.pt")))
     with pytest.raises(FipbenchError, match="does not exist"):
         missing.build_model("small_cnn")
