@@ -23,9 +23,10 @@ def one_line_error(fn, *args, match: str | None = None, **kw) -> str:
     return msg
 
 
-def assert_defense_purifies(task, model: torch.nn.Module, attack, name: str, test: Sequence) -> None:
-    """Defense `name` (with its smoke overrides) on a copy of `model`: same state-dict keys and shapes, finite
-    weights, and finite clean and backdoor metrics on `test`."""
+def assert_defense_runs(task, model: torch.nn.Module, attack, name: str, test: Sequence) -> None:
+    """Defense `name` (with its smoke overrides) runs on a copy of `model`: same state-dict keys and shapes,
+    finite weights, finite clean and backdoor metrics on `test`.  Whether it purifies is measured by the
+    configs and benchmarks at real budgets, not by this smoke test."""
     cls = DEFENSES.get(name)
     defense = cls(cls.Config.from_dict(cls.smoke_overrides))
     before = {k: tuple(v.shape) for k, v in model.state_dict().items()}

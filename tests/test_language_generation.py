@@ -14,7 +14,7 @@ from attacks.base import Subset
 from benchmark.errors import FipbenchError
 from benchmark.registries import ATTACKS, DEFENSES
 from benchmark.rng import generator
-from _helpers import assert_defense_purifies, briefly_backdoored
+from _helpers import assert_defense_runs, briefly_backdoored
 from tasks.base import FitConfig, labels_of
 from tasks.language_generation.data import DETERMINERS, GENDER, LEXICON, NOUNS, VERBS, generate_pairs, load_toy_mt
 from tasks.language_generation.task import target_phrase
@@ -122,9 +122,9 @@ TEXT_DEFENSES = [n for n in DEFENSES.names() if {"*", "text"} & set(DEFENSES.get
 
 
 @pytest.mark.parametrize("name", TEXT_DEFENSES)
-def test_every_text_defense_purifies_a_marian_model(txt_task, text_backdoor, name):
+def test_every_text_defense_runs_on_a_marian_model(txt_task, text_backdoor, name):
     model, attack = text_backdoor
-    assert_defense_purifies(txt_task, model, attack, name, txt_task.splits().test[:16])
+    assert_defense_runs(txt_task, model, attack, name, txt_task.splits().test[:16])
 
 def test_several_target_phrases_one_per_pair_and_asr_counts_any(txt_task):
     """Dialogue-style attack: each poisoned pair gets one of the responses (by a hash of its clean reference,
