@@ -108,31 +108,43 @@ def markdown(agg) -> str:
 
 def ranking(agg):
     """Per (task, dataset, model): each defense's mean over the attacked cells (DER, clean, ASR, RA, time),
-    best DER first.  Cells without an attack (no ASR) do not count."""
+    best DER first.  Cells without an attack (no ASR) do not count.  Defenses are compared on the same
+    attacks: only the attacks every ranked defense of the group ran count (`common` True); where no attack is
+    common to all, each defense's mean over its own attacks is shown instead (`common` False: not comparable)."""
     import pandas as pd
 
+    keys = ["task", "dataset", "model"]
     attacked = agg[agg["asr_mean"].notna()] if not agg.empty else agg
     if attacked.empty:
-        return pd.DataFrame(columns=["task", "dataset", "model", "rank", "defense", "der", "clean", "asr", "ra",
-                                     "defense_s", "attacks"])
-    g = attacked.groupby(["task", "dataset", "model", "defense"], sort=False)
+        return pd.DataFrame(columns=[*keys, "rank", "defense", "der", "clean", "asr", "ra", "defense_s", "attacks",
+                                     "common"])
+    shared = []
+    for _, part in attacked.groupby(keys, sort=False):
+        common = set.intersection(*part.groupby("defense", sort=False)["attack"].agg(set))
+        shared.append(part[part["attack"].isin(common)].assign(common=True) if common
+                      else part.assign(common=False))
+    g = pd.concat(shared).groupby([*keys, "defense"], sort=False)
     out = g[["der_mean", "clean_mean", "asr_mean", "ra_mean", "defense_s_mean"]].mean()
     out.columns = ["der", "clean", "asr", "ra", "defense_s"]
     out["attacks"] = g.size()
-    out = out.reset_index().sort_values(["task", "dataset", "model", "der", "clean"],
-                                        ascending=[True, True, True, False, False], kind="stable")
-    out.insert(3, "rank", out.groupby(["task", "dataset", "model"], sort=False).cumcount() + 1)
+    out["common"] = g["common"].first()
+    out = out.reset_index().sort_values([*keys, "der", "clean"], ascending=[True, True, True, False, False],
+                                        kind="stable")
+    out.insert(3, "rank", out.groupby(keys, sort=False).cumcount() + 1)
     return out.reset_index(drop=True)
 
 
 def ranking_markdown(rank) -> str:
-    lines = ["# Defense ranking", "", "Mean over the attacks of each task/dataset/model, best DER first.", ""]
+    lines = ["# Defense ranking", "", "Per task/dataset/model, best DER first: each defense's mean over the attacks "
+             "that every ranked defense ran there (the same cells for all).", ""]
     for (task, dataset, model), part in rank.groupby(["task", "dataset", "model"], sort=False):
         table = part.assign(**{c: part[c].map(lambda v: _pm(v, 0.0, 2)) for c in ("der", "clean", "asr", "ra")},
                             defense_s=part["defense_s"].map(lambda v: _pm(v, 0.0, 1)))
         table = table[["rank", "defense", "der", "clean", "asr", "ra", "defense_s", "attacks"]].rename(columns={
             "der": "DER %", "clean": "clean %", "asr": "ASR %", "ra": "RA %", "defense_s": "defense s"})
-        lines += [f"## {task} — {dataset} — {model}", "", table.to_markdown(index=False), ""]
+        over = (f"Over the {int(part['attacks'].iloc[0])} attack(s) every defense here ran." if part["common"].all()
+                else "No attack is common to every defense here: each row is its own attacks' mean (not comparable).")
+        lines += [f"## {task} — {dataset} — {model}", "", over, "", table.to_markdown(index=False), ""]
     return "\n".join(lines)
 
 
