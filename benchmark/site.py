@@ -157,7 +157,8 @@ def page(agg, rank) -> str:
         parts.append(f'<section data-task="{html.escape(task)}"><h2>{title}</h2>')
         ranked = rank[(rank["task"] == task) & (rank["dataset"] == dataset) & (rank["model"] == model)]
         if not ranked.empty:
-            parts.append("<h3>Defense ranking (mean over attacks)</h3>" + _table(ranked, RANK_COLUMNS, "ranking"))
+            parts.append("<h3>Defense ranking (mean over the attacks every defense ran)</h3>"
+                         + _table(ranked, RANK_COLUMNS, "ranking"))
         plots = _plots(part, part["metric"].iloc[0])
         parts.append('<div class="plots">' + "".join(
             f'<figure class="plot">{svg}<figcaption>{html.escape(cap)}</figcaption></figure>' for cap, svg in plots)
