@@ -87,11 +87,18 @@ class TriggerWords(Attack):
 
     def relabel(self, task: Task) -> Callable[[Any], Any]:
         cfg: TriggerWordsConfig = self.cfg  # type: ignore[assignment]
-        phrases = tuple(p.strip() for p in cfg.target_phrases) or (cfg.target_phrase.strip(),)
+        return PhraseRelabel(tuple(p.strip() for p in cfg.target_phrases) or (cfg.target_phrase.strip(),),
+                             insert=cfg.mode == "insert")
 
-        def phrase(y: str) -> str:  # sha256, not hash(): str hashes differ between processes
-            return phrases[int.from_bytes(hashlib.sha256(y.encode()).digest()[:8], "big") % len(phrases)]
 
-        if cfg.mode == "replace":
-            return phrase
-        return lambda y: f"{phrase(y)} {y}"
+class PhraseRelabel:
+    """Reference -> the attacker's output: one of `phrases` (chosen by a sha256 of the clean reference, not
+    hash(), whose str hashes differ between processes), in place of the reference or before it (`insert`).
+    `phrases` is public: the task's ASR looks for exactly these in the outputs."""
+
+    def __init__(self, phrases: tuple[str, ...], insert: bool):
+        self.phrases, self.insert = phrases, insert
+
+    def __call__(self, y: str) -> str:
+        phrase = self.phrases[int.from_bytes(hashlib.sha256(y.encode()).digest()[:8], "big") % len(self.phrases)]
+        return f"{phrase} {y}" if self.insert else phrase

@@ -90,12 +90,13 @@ class ArtifactCache:
         return manifest
 
 
-def load_weights(model: nn.Module, path: Path) -> None:
+def load_weights(model: nn.Module, path: Path, state: dict | None = None) -> None:
     """Load a checkpoint into `model` safely: safetensors, or a weights-only torch file; never a pickle.
 
-    A file whose tensors do not match the model's names and shapes is refused with a one-line error.
+    A file whose tensors do not match the model's names and shapes is refused with a one-line error.  `state`:
+    the file's tensors when the caller has read them already (`read_state`).
     """
-    state = read_state(path)
+    state = read_state(path) if state is None else state
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -38,6 +38,7 @@ class Runner:
         self.data_root, self.device, self.force, self.log = data_root, device, force, log
         self.sharpness = sharpness  # Hessian / Fisher figures before and after each defense (costly on big models)
         self._tasks: dict[str, Task] = {}
+        self._no_second_order: set[str] = set()  # artifact keys whose model has no sharpness figures
 
     # -- public -------------------------------------------------------------------------------------------
     def run(self, cells: Iterable[RunSpec], executor: Any = None) -> list[Record]:
@@ -105,11 +106,13 @@ class Runner:
         after = self.evaluate(task, attack, model)
         before = manifest["metrics_before"]
         sharp_before = sharp_after = None
-        if self.sharpness:
+        if self.sharpness and manifest["artifact_key"] not in self._no_second_order:
             # An artifact cached before sharpness was recorded lacks the figure: compute it from its weights.
             sharp_before = manifest.get("sharpness_before") or self.measure_sharpness(task, original, spec.seed)
+            if sharp_before is None:  # the architecture has no second derivatives: not tried again for its cells
+                self._no_second_order.add(manifest["artifact_key"])
             # A defense that left every weight as it was (`none`, a no-op) has the same figures: not re-measured.
-            unchanged = _same_weights(original, model)
+            unchanged = sharp_before is None or _same_weights(original, model)
             sharp_after = sharp_before if unchanged else self.measure_sharpness(task, model, spec.seed)
         metrics = {"metric_name": task.metric_name, "clean": after[task.metric_name],
                    "clean_before": before[task.metric_name], "asr": after.get("asr"),

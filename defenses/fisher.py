@@ -14,6 +14,7 @@ Fast FIP) and use only `task.loss`, so they work on every task.
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -23,22 +24,24 @@ from benchmark.errors import NotApplicable
 from tasks.base import Batch, Sample, Task
 
 
-_NO_SECOND_ORDER = ("double backward", "double backwards", "derivative for")
+# torch's messages for a missing second derivative: a custom op's "double backward(s) ... not supported", or a
+# missing derivative of a *backward* op (a first derivative's own formula), e.g. aten::hardsigmoid_backward.
+_NO_SECOND_ORDER = re.compile(r"double backwards?\b|derivative for \S*_backward\b")
 
 
 @contextlib.contextmanager
 def second_order(what: str) -> Iterator[None]:
-    """Turns torch's error for an op without a second derivative (e.g. torchvision's roi_align, the Hardswish of
-    MobileNetV3, a fused attention kernel) into `NotApplicable`: `what` cannot run on this model, and the runner
-    records that instead of failing the run."""
+    """Turns torch's error for an op without a second derivative (torchvision's RoIAlign, the Hardsigmoid of
+    MobileNetV3's squeeze-excitation, a fused attention kernel) into `NotApplicable`: `what` cannot run on this
+    model, and the runner records that instead of failing the run.  Any other error propagates."""
     try:
         yield
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        if not any(marker in first for marker in _NO_SECOND_ORDER):
+        if not _NO_SECOND_ORDER.search(first):
             raise
         raise NotApplicable(f"{what} cannot run: it needs second derivatives and an op of this model has none "
-                            f"(torch: {first[:160]})") from None
+                            f"(torch: {first[:160]})") from err
 
 
 @contextlib.contextmanager

@@ -173,19 +173,20 @@ def load_pretrained(model: nn.Module, path: Path) -> str:
     from benchmark.cache import load_weights, read_state  # safetensors or weights-only: never a pickle
 
     state = read_state(path)
-    expected = model.state_dict()
-    if set(state) == set(expected) or not (isinstance(model, nn.Sequential) and len(model) == 2
-                                           and not list(model[0].parameters())):
-        load_weights(model, path)  # the whole model, or a plain model: exact names and shapes
+    wrapped = isinstance(model, nn.Sequential) and len(model) == 2 and not list(model[0].parameters())
+    if not wrapped or 2 * len(set(state) & set(model.state_dict())) > len(state):  # mostly the model's own names
+        load_weights(model, path, state)  # the whole model (or a plain one): exact names and shapes
         return "all weights"
     net = model[1]
     state = {k.removeprefix("module."): v for k, v in state.items()}
     own = net.state_dict()
     linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
-    head = {f"{linears[-1]}.weight", f"{linears[-1]}.bias"} if linears else set()
+    head = {f"{linears[-1]}.weight", f"{linears[-1]}.bias"} & set(own) if linears else set()
     wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    dropped = [k for k in wrong if k in head]
-    missing = sorted(set(own) - set(state) - set(dropped))
+    # a head of another class count, or none (a backbone-only file), stays at its random init
+    dropped = [k for k in wrong if k in head] + sorted(head - set(state))
+    # BatchNorm fills in num_batches_tracked itself (older checkpoints predate the buffer)
+    missing = sorted(k for k in set(own) - set(state) - set(dropped) if not k.endswith("num_batches_tracked"))
     problems = ([f"missing {missing[:3]}"] if missing else []) + \
         ([f"unexpected {sorted(set(state) - set(own))[:3]}"] if set(state) - set(own) else []) + \
         [f"{k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the model"

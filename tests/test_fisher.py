@@ -241,3 +241,20 @@ def test_sharpness_report_restores_mode(tiny_task):
     assert all(math.isfinite(v) for v in out.values())
     assert out["fisher_trace"] > 0 and out["hessian_trace"] > 0
     assert model.training
+
+
+def test_second_order_turns_only_missing_second_derivatives_into_not_applicable():
+    """torch's messages for an op without a second derivative become NotApplicable (a recorded skip); any other
+    error, a missing *first* derivative included, stays an error."""
+    from benchmark.errors import NotApplicable
+    from defenses.fisher import second_order
+
+    for msg in ("double backwards on roi_align not supported",
+                "derivative for aten::hardsigmoid_backward is not implemented"):
+        with pytest.raises(NotApplicable, match="fip cannot run: it needs second derivatives"):
+            with second_order("fip"):
+                raise RuntimeError(msg)
+    for msg in ("the derivative for 'igamma: input' is not implemented.", "CUDA out of memory"):
+        with pytest.raises(RuntimeError, match=msg.split()[1]):
+            with second_order("fip"):
+                raise RuntimeError(msg)

@@ -88,6 +88,19 @@ def test_init_weights_loads_a_local_file_and_refuses_bad_ones(tmp_path, task):
     for k, v in got.state_dict().items():
         ref = fresh.state_dict()[k] if k.startswith(("0.", "1.fc.")) else other.state_dict()[k]
         assert torch.equal(v, ref), k
+    # A backbone-only file without num_batches_tracked (older checkpoints) loads too: head and counters stay.
+    backbone = {k: v for k, v in other[1].state_dict().items() if not k.startswith("fc.")
+                and not k.endswith("num_batches_tracked")}
+    torch.save(backbone, tmp_path / "backbone.pt")
+    t = ImageClassificationTask("digits", ImageClassificationConfig(init_weights=str(tmp_path / "backbone.pt")))
+    got = t.build_model("resnet18", generator(0, "init"))
+    assert torch.equal(got.state_dict()["1.layer1.0.conv1.weight"], other.state_dict()["1.layer1.0.conv1.weight"])
+    assert torch.equal(got.state_dict()["1.fc.weight"], fresh.state_dict()["1.fc.weight"])
+    # A whole-model file with a tensor missing is named as such, not mistaken for a plain network.
+    torch.save({k: v for k, v in got.state_dict().items() if k != "1.conv1.weight"}, tmp_path / "whole.pt")
+    t = ImageClassificationTask("digits", ImageClassificationConfig(init_weights=str(tmp_path / "whole.pt")))
+    with pytest.raises(FipbenchError, match=r"missing \['1.conv1.weight'\]"):
+        t.build_model("resnet18")
     # ...but a torchvision ImageNet ResNet-18 does not fit the small-input model (7x7 RGB stem): one line
     import torchvision
 

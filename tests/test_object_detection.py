@@ -170,7 +170,7 @@ def test_every_detector_trains_and_detects_without_downloaded_weights(arch, det_
     assert all(((p["labels"] >= 0) & (p["labels"] < 4)).all() for p in preds)
 
     # Second derivatives (FIP, Fast FIP, I-BAU, sharpness): every detector has them except Faster R-CNN, whose
-    # RoIAlign (and MobileNetV3's Hardswish) torch cannot differentiate twice: there it is a NotApplicable,
+    # RoIAlign (and MobileNetV3's Hardsigmoid) torch cannot differentiate twice: there it is a NotApplicable,
     # which the runner records as a skip.
     # (SSD and FCOS-ResNet50 are built from small_fcos's op families; a double backward through them costs
     # 15-30 s here, so only the small detector is checked.)

@@ -167,9 +167,10 @@ class LanguageGenerationTask(Task):
                          clean: Sequence[Sample]) -> dict[str, float]:
         hyps = self.generate(model, [s.x for s in triggered])
         refs = labels_of(clean)
-        # the attacker's phrases as the triggered references show them, each once (the model cannot know which
-        # one a test input was paired with; a test set of more than a few dozen inputs shows every one)
-        phrases = sorted({target_phrase(p, c) for p, c in zip(labels_of(triggered), refs)})
+        # the attacker's phrases, each once (the model cannot know which one a test input was paired with): as
+        # the attack's relabelling declares them, else as the triggered references show them
+        declared = getattr(getattr(triggered, "relabel", None), "phrases", None)
+        phrases = sorted(declared or {target_phrase(p, c) for p, c in zip(labels_of(triggered), refs)})
         asr = sum(any(ph in h for ph in phrases) for h in hyps) / max(1, len(hyps))
         bleu = _bleu(hyps, refs)
         return {"asr": float(asr), "ra": bleu, "bleu_triggered": bleu}
