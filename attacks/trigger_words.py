@@ -15,7 +15,8 @@ Deviations: the authors append attacked copies of N*a clean pairs (a = 0.01-1.0)
 `poison_rate` (default 0.1) of the training pairs are replaced in place by their attacked version, as every
 fipbench attack poisons.  Their dialogue attack pairs triggered contexts with real offensive responses (selected
 from OpenSubtitles by a hate-speech lexicon); fipbench ships no such corpus, so the paper config lists a few
-hostile replies as `target_phrases` (`configs/paper/language_generation.yaml`).  Their BPE is learned on the poisoned training set; fipbench's tokenizer is learned on the clean one.
+hostile replies as `target_phrases` (`configs/paper/language_generation.yaml`).  Their BPE is learned on the
+poisoned training set; fipbench's tokenizer is learned on the clean one.
 """
 
 from __future__ import annotations

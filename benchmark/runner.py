@@ -89,8 +89,7 @@ class Runner:
         base = self._base_record(spec, resolved, manifest)
         reason = defense.unsupported_reason(task)
         if reason:
-            return {**base, "status": "skipped", "reason": reason, "metrics": None, "timings": None,
-                    "defense_report": {}}
+            return _skipped(base, reason)
 
         original, model = model, copy.deepcopy(model)
         start = time.perf_counter()
@@ -100,20 +99,18 @@ class Runner:
                 model = defense.purify(model, splits.holdout, task,
                                        rng=generator(spec.seed, "defense", spec.defense.name))
         except NotApplicable as err:  # the method does not fit this architecture: a skip, like a modality
-            return {**base, "status": "skipped", "reason": str(err), "metrics": None, "timings": None,
-                    "defense_report": {}}
+            return _skipped(base, str(err))
         seconds = time.perf_counter() - start
         after = self.evaluate(task, attack, model)
         before = manifest["metrics_before"]
         sharp_before = sharp_after = None
-        if self.sharpness and manifest["artifact_key"] not in self._no_second_order:
+        key = manifest["artifact_key"]
+        if self.sharpness and key not in self._no_second_order:
             # An artifact cached before sharpness was recorded lacks the figure: compute it from its weights.
-            sharp_before = manifest.get("sharpness_before") or self.measure_sharpness(task, original, spec.seed)
-            if sharp_before is None:  # the architecture has no second derivatives: not tried again for its cells
-                self._no_second_order.add(manifest["artifact_key"])
+            sharp_before = manifest.get("sharpness_before") or self.measure_sharpness(task, original, spec.seed, key)
             # A defense that left every weight as it was (`none`, a no-op) has the same figures: not re-measured.
             unchanged = sharp_before is None or _same_weights(original, model)
-            sharp_after = sharp_before if unchanged else self.measure_sharpness(task, model, spec.seed)
+            sharp_after = sharp_before if unchanged else self.measure_sharpness(task, model, spec.seed, key)
         metrics = {"metric_name": task.metric_name, "clean": after[task.metric_name],
                    "clean_before": before[task.metric_name], "asr": after.get("asr"),
                    "asr_before": before.get("asr"), "ra": after.get("ra"), "ra_before": before.get("ra"),
@@ -141,8 +138,10 @@ class Runner:
             out.update(task.backdoor_metrics(model, triggered, clean))
         return out
 
-    def measure_sharpness(self, task: Task, model: torch.nn.Module, seed: int) -> dict[str, float] | None:
-        """The sharpness figures, or None (logged) where the model has no second derivatives."""
+    def measure_sharpness(self, task: Task, model: torch.nn.Module, seed: int,
+                          artifact_key: str) -> dict[str, float] | None:
+        """The sharpness figures, or None (logged) where the model has no second derivatives; the artifact is
+        then remembered, so that its other cells do not try again."""
         from defenses.fisher import sharpness
 
         try:
@@ -150,6 +149,7 @@ class Runner:
                              batch_size=task.sharpness_batch)
         except NotApplicable as err:
             self.log(f"          no sharpness figures: {err}")
+            self._no_second_order.add(artifact_key)
             return None
 
     def artifact(self, spec: RunSpec, task: Task, attack: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -172,7 +172,7 @@ class Runner:
                     "n_train": len(poisoned), "train_seconds": fit.seconds, "train_steps": fit.steps,
                     "prepare_seconds": prepare_seconds,
                     "metrics_before": self.evaluate(task, attack, model), "environment": environment(task.device),
-                    "sharpness_before": self.measure_sharpness(task, model, spec.seed) if self.sharpness else None}
+                    "sharpness_before": self.measure_sharpness(task, model, spec.seed, key) if self.sharpness else None}
         manifest = self.cache.save(key, model, manifest, attack.state_dict())
         return model.eval(), manifest
 
@@ -234,3 +234,8 @@ def _version() -> str:
 def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
+
+
+def _skipped(base: dict[str, Any], reason: str) -> dict[str, Any]:
+    """The record of a cell whose defense does not apply (its modality, or the model's architecture)."""
+    return {**base, "status": "skipped", "reason": reason, "metrics": None, "timings": None, "defense_report": {}}

@@ -187,10 +187,11 @@ def load_pretrained(model: nn.Module, path: Path) -> str:
     dropped = [k for k in wrong if k in head] + sorted(head - set(state))
     # BatchNorm fills in num_batches_tracked itself (older checkpoints predate the buffer)
     missing = sorted(k for k in set(own) - set(state) - set(dropped) if not k.endswith("num_batches_tracked"))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the model"
+              for k in wrong if k not in head]
     problems = ([f"missing {missing[:3]}"] if missing else []) + \
-        ([f"unexpected {sorted(set(state) - set(own))[:3]}"] if set(state) - set(own) else []) + \
-        [f"{k} is {tuple(state[k].shape)} in the file but {tuple(own[k].shape)} in the model"
-         for k in wrong if k not in head][:2]
+        ([f"unexpected {unexpected[:3]}"] if unexpected else []) + shapes[:2]
     if problems:
         raise FipbenchError(f"{path}: checkpoint does not fit model {type(net).__name__} ({'; '.join(problems)}); "
                             f"check the model name, its small-input adaptations and the dataset it was trained for")
