@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from benchmark.errors import NotApplicable
-from tasks.base import Batch, Sample, Task
+from tasks.base import Batch, Sample, Task, wanting_second_order
 
 
 # torch's messages for a missing second derivative: a custom op's "double backward(s) ... not supported", or a
@@ -31,11 +31,14 @@ _NO_SECOND_ORDER = re.compile(r"double backwards?\b|derivative for \S*_backward\
 
 @contextlib.contextmanager
 def second_order(what: str) -> Iterator[None]:
-    """Turns torch's error for an op without a second derivative (torchvision's RoIAlign, the Hardsigmoid of
-    MobileNetV3's squeeze-excitation, a fused attention kernel) into `NotApplicable`: `what` cannot run on this
-    model, and the runner records that instead of failing the run.  Any other error propagates."""
+    """Marks a region that differentiates a gradient: model parts with a fast kernel lacking a second derivative
+    switch to a twice-differentiable one there (`tasks.base.second_order_wanted`; Faster R-CNN's RoIAlign), and
+    torch's error for an op that still has none (a custom op from a plug-in, a fused attention kernel) becomes
+    `NotApplicable`: `what` cannot run on this model, and the runner records that instead of failing the run.
+    Any other error propagates."""
     try:
-        yield
+        with wanting_second_order():
+            yield
     except RuntimeError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         if not _NO_SECOND_ORDER.search(first):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import contextvars
 import dataclasses
 import math
 import time
@@ -22,6 +23,24 @@ from benchmark.config import Config
 from benchmark.errors import FipbenchError
 
 Batch = dict[str, Any]  # tensors on the task's device; task-specific keys (e.g. "x" [B,C,H,W], "y" [B])
+
+# True while a defense or a figure differentiates a gradient (`defenses.fisher.second_order`).  A model part
+# whose fast kernel has no second derivative (Faster R-CNN's RoIAlign) then switches to an exact, slower one that
+# has it; everything else ignores it.
+_SECOND_ORDER: contextvars.ContextVar[bool] = contextvars.ContextVar("fipbench_second_order", default=False)
+
+
+def second_order_wanted() -> bool:
+    return _SECOND_ORDER.get()
+
+
+@contextlib.contextmanager
+def wanting_second_order() -> Iterator[None]:
+    token = _SECOND_ORDER.set(True)
+    try:
+        yield
+    finally:
+        _SECOND_ORDER.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)

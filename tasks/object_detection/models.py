@@ -10,6 +10,11 @@ so that 64 px scenes are not upsampled to 800 px; None keeps each architecture's
   preset (about 0.4 M parameters).
 - `ssd300_vgg16`: SSD300 with a VGG-16 backbone, the FIP paper's detection setup.
 - `fasterrcnn_mobilenet_v3_large_fpn`, `fcos_resnet50_fpn`: torchvision's two-stage and anchor-free detectors.
+  Faster R-CNN is made twice differentiable (FIP's trace term, I-BAU, the sharpness figures need it) without
+  changing what it computes: MobileNetV3's Hardsigmoid becomes relu6(x + 3) / 6 (bit-identical; aten's
+  hardsigmoid_backward has no derivative), and its RoIAlign runs torchvision's own pure-PyTorch implementation
+  while second derivatives are wanted (the C++ kernel's backward has none; the two agree exactly, tests check
+  both).
 """
 
 from __future__ import annotations
@@ -17,13 +22,21 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+import inspect
+import sys
+from unittest import mock
+
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 from torchvision.models import detection
+from torchvision.ops import MultiScaleRoIAlign, poolers
+from torchvision.ops._utils import convert_boxes_to_roi_format
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.fcos import FCOSHead
 
 from benchmark.registries import MODELS
+from tasks.base import second_order_wanted
 
 Builder = Callable[..., nn.Module]
 
@@ -85,12 +98,60 @@ def ssd300_vgg16(num_classes: int, mean: tuple[float, ...], std: tuple[float, ..
                                   image_mean=list(mean), image_std=list(std))
 
 
+class Hardsigmoid(nn.Module):
+    """nn.Hardsigmoid as relu6(x + 3) / 6: the same values bit for bit, built from ops with second derivatives."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.relu6(x + 3) / 6
+
+
+# torchvision's pure-PyTorch RoIAlign (it falls back to it where its C++ ops are missing), unwrapped from its
+# lazy torch.compile decorator so that it runs eagerly and needs no C++ compiler.
+_pure_roi_align = inspect.unwrap(sys.modules["torchvision.ops.roi_align"]._roi_align)
+
+
+def _twice_differentiable_roi_align(input: torch.Tensor, boxes: torch.Tensor | list[torch.Tensor],
+                                    output_size: int | tuple[int, int], spatial_scale: float = 1.0,
+                                    sampling_ratio: int = -1, aligned: bool = False) -> torch.Tensor:
+    """torchvision.ops.roi_align's signature and values; [N,C,H,W] features, [K,5] rois -> [K,C,h,w]."""
+    rois = boxes if isinstance(boxes, torch.Tensor) else convert_boxes_to_roi_format(boxes)
+    h, w = _pair(output_size)
+    return _pure_roi_align(input, rois, spatial_scale, h, w, sampling_ratio, aligned)
+
+
+class TwiceDifferentiableRoIAlign(MultiScaleRoIAlign):
+    """MultiScaleRoIAlign whose RoIAlign is the pure-PyTorch one while second derivatives are wanted (slower
+    and heavier in memory, so only then).  torchvision's pooler calls its module-level `roi_align`, hence the
+    patch for the duration of this forward; cells never share a process's threads, so no other forward sees it."""
+
+    def forward(self, x: dict[str, torch.Tensor], boxes: list[torch.Tensor],
+                image_shapes: list[tuple[int, int]]) -> torch.Tensor:
+        if not second_order_wanted():
+            return super().forward(x, boxes, image_shapes)
+        with mock.patch.object(poolers, "roi_align", _twice_differentiable_roi_align):
+            return super().forward(x, boxes, image_shapes)
+
+
+def twice_differentiable(model: nn.Module) -> nn.Module:
+    """Swaps, in place, the parts of a torchvision detector torch cannot differentiate twice for exact equivalents
+    that it can (no parameters or buffers change, so state dicts load either way)."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Hardsigmoid):
+                setattr(parent, name, Hardsigmoid())
+            elif type(child) is MultiScaleRoIAlign:
+                setattr(parent, name, TwiceDifferentiableRoIAlign(
+                    child.featmap_names, child.output_size, child.sampling_ratio,
+                    canonical_scale=child.canonical_scale, canonical_level=child.canonical_level))
+    return model
+
+
 @detection_model("fasterrcnn_mobilenet_v3_large_fpn")
 def fasterrcnn_mobilenet_v3_large_fpn(num_classes: int, mean: tuple[float, ...], std: tuple[float, ...],
                                       image_size: int | None = None) -> nn.Module:
-    return detection.fasterrcnn_mobilenet_v3_large_fpn(
+    return twice_differentiable(detection.fasterrcnn_mobilenet_v3_large_fpn(
         weights=None, weights_backbone=None, num_classes=num_classes + 1, image_mean=list(mean),
-        image_std=list(std), box_score_thresh=0.05, **_fixed_size(image_size))
+        image_std=list(std), box_score_thresh=0.05, **_fixed_size(image_size)))
 
 
 @detection_model("fcos_resnet50_fpn")
