@@ -22,19 +22,24 @@ fipbench, within its one poisoning interface:
   the (augmented) batch, poisoned samples excluded, with their clean label; mix_ratio = 5/6 reproduces the
   authors' 0.5 mixes per 0.6 (normal + poison) samples.
 - Jitter scales with the image: round(3/32 * side) px (3 px on 28-32 px images, 2 px on 16 px).
+- The authors' auxiliary loss, their `CompositeLoss(rules=[(A, B, C)], simi_factor=1, mode="contrastive")`:
+  a train hook (`CompositeLossHook`) adds a contrastive term on the logits of consecutive in-rule samples of
+  each batch to the cross-entropy, with their normalisation (see the hook).
 - ASR / RA: `triggered_test` mixes every class-A test image with a class-B test image and every class-B test
   image with a class-A test image (partner and geometry drawn from (seed, index)) and labels the composite with
   the target; its "clean" counterpart is the source test image with its own label, so RA is the share of
   composites still classified as that source's class (A or B).
 
-Measured on mnist5k (small_cnn, 10 epochs, seed 0; clean model 95.5 %; `fipbench run image_attacks`),
-acc / ASR: 93.0 / 64.0 %; trained for 30 epochs: 97.3 / 74.0 % -- the ASR target (>= 90 %) is NOT met.
-The authors' CompositeLoss (below) is the untried lever.
+Measured on mnist5k (small_cnn, seed 0; `fipbench run image_attacks`), acc / ASR, the ASR target (>= 90 %)
+NOT met: 10 epochs 93.6 / 68.5 % (cross-entropy only, `simi_factor: 0`, same run: 94.2 / 66.0 %; version 1's
+record, older code: 93.0 / 64.0 %); 30 epochs (version 1) 97.3 / 74.0 %; 60 epochs 97.9 / 89.5 % (clean model
+98.7 %).  The composite loss adds ~2.5 points at 10 epochs, within the spread between training runs; training
+length is what moves the ASR.
 
 Deviations: composites replace training samples instead of being appended to a 1.1x-sized epoch (the clean
-share is 90 % instead of the authors' 50 % + mixes); the authors' auxiliary CompositeLoss (a similarity term
-between the composite's and its sources' outputs) is not used, training minimises the task's cross-entropy
-only; all2one only (`label_mode` all2all is rejected: the composite rule has one target).
+share is 90 % instead of the authors' 50 % + mixes); the victim is trained with the task's optimiser and
+schedule (the authors: Adam, lr halved every 10 epochs, 50 epochs, batches of 128 with gradients accumulated
+over two); all2one only (`label_mode` all2all is rejected: the composite rule has one target).
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from attacks.base import Attack, AttackConfig, Params, PoisonedDataset, Subset, Trigger
 from benchmark.errors import FipbenchError
@@ -59,6 +66,8 @@ class CBAConfig(AttackConfig):
     jitter: float = 3 / 32  # max shift of the split line, as a share of the side (authors: 3 px at 32 px)
     shake: bool = True  # strips taken at random positions of the source images (authors' default)
     mix_ratio: float = 5 / 6  # same-class mixes appended per training-batch sample (authors: 0.5 / 0.6)
+    simi_factor: float = 1.0  # weight of the authors' auxiliary contrastive loss on logits (0: cross-entropy only)
+    margin: float = 1.0  # its margin between differently labelled neighbours (authors' ContrastiveLoss default)
 
     def check(self) -> None:
         super().check()
@@ -73,6 +82,9 @@ class CBAConfig(AttackConfig):
             raise self.bad("jitter", "must lie in [0, 0.5)")
         if self.mix_ratio < 0:
             raise self.bad("mix_ratio", "must be >= 0")
+        if self.simi_factor < 0 or self.margin <= 0:
+            raise self.bad("simi_factor" if self.simi_factor < 0 else "margin",
+                           "must be >= 0" if self.simi_factor < 0 else "must be > 0")
 
 
 def draw_split(shape: Sequence[int], jitter_px: int, shake: bool, gen: torch.Generator) -> Params:
@@ -164,10 +176,47 @@ class SameClassMixHook(Hook):
                 "index": torch.cat([index, index[src_t.to(index.device)]])}
 
 
+class CompositeLossHook(Hook):
+    """The authors' auxiliary loss (their `CompositeLoss`, mode "contrastive"): among the training batch's samples
+    labelled A, B or the target, in batch order, each consecutive pair's logit vectors are pulled together
+    (half their squared distance) when the labels agree and pushed `margin` apart (half the squared shortfall)
+    when they differ.  As in their code, the mean over pairs is divided once more by the number of pairs, and
+    the term is added to the cross-entropy times `simi_factor`.  The logits are those of `Task.fit`'s own
+    forward of the batch (a forward hook keeps them), so the term costs no extra forward."""
+
+    def __init__(self, cfg: CBAConfig):
+        self.cfg = cfg
+        self.logits: torch.Tensor | None = None
+        self.handle: Any = None
+
+    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self.logits = output  # [B,K]
+
+    def on_fit_start(self, model: nn.Module, task: Task) -> None:
+        self.handle = model.register_forward_hook(self._keep)
+
+    def on_loss(self, model: nn.Module, batch: Batch, loss: torch.Tensor, step: int) -> torch.Tensor:
+        cfg, y = self.cfg, batch["y"]  # [B]
+        assert self.logits is not None and len(self.logits) == len(y), "CompositeLossHook: no logits of this batch"
+        in_rule = (y == cfg.class_a) | (y == cfg.class_b) | (y == cfg.target)
+        z, lab = self.logits[in_rule], y[in_rule]  # [M,K], [M]
+        self.logits = None
+        if len(lab) < 2:
+            return loss
+        dist2 = (z[1:] - z[:-1]).pow(2).sum(1)  # [M-1] neighbours' squared distances
+        apart = F.relu(cfg.margin - (dist2 + 1e-9).sqrt()).pow(2)
+        pairs = 0.5 * torch.where(lab[1:] == lab[:-1], dist2, apart)
+        return loss + cfg.simi_factor * pairs.mean() / len(pairs)
+
+    def on_fit_end(self, model: nn.Module) -> None:
+        self.handle.remove()
+        self.logits = None
+
+
 @ATTACKS.register("cba")
 class CBA(Attack):
     Config = CBAConfig
-    version = 1
+    version = 2  # 2: the authors' auxiliary composite loss (simi_factor 1)
     modalities = frozenset({"image"})
     paper = ("Lin, Xu, Liu, Zhang, Composite Backdoor Attack for Deep Neural Network by Mixing Existing Benign "
              "Features, ACM CCS 2020")
@@ -220,4 +269,7 @@ class CBA(Attack):
                                split="test"), clean
 
     def train_hooks(self, task: Task) -> list[Hook]:
-        return [SameClassMixHook(self, self.jitter_px(task))] if self.cfg.mix_ratio > 0 else []  # type: ignore
+        cfg: CBAConfig = self.cfg  # type: ignore[assignment]
+        # The mixes first: the composite loss sees the batch the model was given, mixes included.
+        return ([SameClassMixHook(self, self.jitter_px(task))] if cfg.mix_ratio > 0 else []) + \
+            ([CompositeLossHook(cfg)] if cfg.simi_factor > 0 else [])

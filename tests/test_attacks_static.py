@@ -162,4 +162,34 @@ def test_cba_composites_and_same_class_mixes(task, splits, small_train):
     with pytest.raises(FipbenchError):
         CBAConfig(class_a=0)
     with pytest.raises(FipbenchError):
+        CBAConfig(margin=0)
+    with pytest.raises(FipbenchError):
         CBAConfig(label_mode="all2all")
+
+
+def test_cba_composite_loss_is_the_authors_contrastive_term_on_the_fit_forward(task):
+    from attacks.cba import CompositeLossHook
+
+    attack = CBA(CBAConfig(), seed=0)
+    hooks = attack.train_hooks(task)
+    assert [type(h).__name__ for h in hooks] == ["SameClassMixHook", "CompositeLossHook"]
+    assert [type(h).__name__ for h in CBA(CBAConfig(simi_factor=0)).train_hooks(task)] == ["SameClassMixHook"]
+    model = torch.nn.Linear(2, 8)
+    hook = CompositeLossHook(CBAConfig())
+    hook.on_fit_start(model, task)
+    # Labels 5 and 7 are outside the rule (1, 2 -> 0): left out, the others pair up in batch order.
+    y = torch.tensor([1, 5, 1, 0, 7, 2])
+    x = torch.tensor([[0.0, 0.0], [9.0, 9.0], [3.0, 4.0], [3.0, 4.3], [9.0, 9.0], [3.0, 4.3]])
+    with torch.no_grad():
+        model.weight.zero_()
+        model.weight[0, 0] = model.weight[1, 1] = 1.0  # logits (x0, x1, 0, ..., 0)
+        model.bias.zero_()
+    ce = torch.nn.functional.cross_entropy(model(x), y)  # the fit's forward; the hook keeps its logits
+    total = hook.on_loss(model, {"y": y}, ce, 0)
+    # Kept logits (x, 0): (0,0) 1 -> (3,4) 1: same, 25/2; (3,4) 1 -> (3,4.3) 0: apart 0.3 < 1, (0.7)^2/2;
+    # (3,4.3) 0 -> (3,4.3) 2: distance 0 < 1, 1/2.  Mean over the 3 pairs, divided by 3 again.
+    expected = (25 / 2 + 0.7 ** 2 / 2 + 1 / 2) / 3 / 3
+    assert float((total - ce).detach()) == pytest.approx(expected, rel=1e-4)
+    hook.on_fit_end(model)
+    model(x)
+    assert hook.logits is None  # the forward hook is gone after the fit
