@@ -51,11 +51,12 @@ normalises its gradient away.  With SGD lr 0.02 (momentum 0.95) the term is iner
 95.3/100) and destabilises the model at η_F = 50 (67.6/0.0) and 500 (12.1/0.0): no smooth regime in between was
 found, again pointing at instability rather than smoothing as what removes the backdoor here.
 
-On models trained for 60 epochs instead of 10 (configs/image_attacks.yaml's third group; same defaults): FIP
-removes Input-aware's backdoor within 3 points (98.0 / 94.6 -> 95.4 / 1.2 %, FT 97.3 / 79.2 %), its one
-success on the image table, but collapses the all-to-all Input-aware model (98.5 -> 44.5 %) and costs the clean
-60-epoch model 10 points (98.7 -> 88.4 %): the same kicks, which on one model happen to leave the
-backdoor's basin at little clean cost.
+On models trained for 60 epochs instead of 10 (configs/image_attacks_long.yaml, seeds 0 | 1; same defaults):
+FIP removes Input-aware's backdoor within 3 points on both seeds (98.0 / 94.6 -> 95.4 / 1.2 %, 98.1 / 87.3 ->
+95.3 / 0.2 %; FT 97.3 / 79.2 and 97.4 / 22.9 %), its one success on the image table, but collapses the seed-0
+all-to-all Input-aware model (98.5 -> 44.5 %; seed 1: 98.3 -> 88.6 / 1.6 %) and costs the clean 60-epoch
+models 10 and 5 points (98.7 -> 88.4, 98.1 -> 93.2 %): the same kicks, which on one model happen to leave
+the backdoor's basin at little clean cost.
 
 On a detector (small FCOS, embedded shapes scenes, BadDet GMA model at 98.2 % mAP@0.5 / 97.6 % ASR;
 configs/detection_defenses.yaml, README "Object detection"): at η_F = 0.5 the trace term collapses the detector
