@@ -6,6 +6,7 @@ Ray is an optional extra: without it these tests skip, unless `scripts/setup.sh 
 
 from __future__ import annotations
 
+import secrets
 import socket
 import subprocess
 import sys
@@ -41,11 +42,16 @@ def _free_port() -> int:
 def ray_cluster(plugin_env):
     """(address, env) of a fresh 2-CPU Ray head whose workers see the repo and the toy plugin."""
     ray = _ray_bin()
-    # RAY_AUTH_MODE=token: a driver given an explicit address sends the cluster's token only with it.
-    env = {**plugin_env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    # RAY_AUTH_MODE=token: a driver given an explicit address sends the cluster's token only with it.  The token
+    # itself is given (head and driver share the env): Ray >= 2.5x no longer creates one on a fresh machine.
+    env = {**plugin_env, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16)}
     port = _free_port()
-    subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--port", str(port), "--include-dashboard=false",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=180)
+    started = subprocess.run([ray, "start", "--head", "--num-cpus", "2", "--port", str(port),
+                              "--include-dashboard=false", "--disable-usage-stats"],
+                             env=env, capture_output=True, text=True, timeout=180)
+    if started.returncode:
+        pytest.fail(f"`ray start --head` failed: {(started.stderr or started.stdout).strip().splitlines()[-1:]}")
     try:
         yield f"127.0.0.1:{port}", env
     finally:
