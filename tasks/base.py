@@ -221,7 +221,10 @@ class Task(abc.ABC):
         forked RNG, so the caller's global state is untouched): a run does not depend on what ran before it
         in the same process.
         """
-        with torch.random.fork_rng(devices=[]):
+        # torch.manual_seed seeds the CUDA generators too: fork the GPU's so that its state is restored as well
+        gpus = [self.device.index if self.device.index is not None else torch.cuda.current_device()] \
+            if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=gpus):
             torch.manual_seed((generator.initial_seed() + 1) % 2 ** 63)  # a stream apart from the data order's
             return self._fit(model, data, cfg, hooks=hooks, generator=generator, params=params, desc=desc)
 
