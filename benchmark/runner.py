@@ -57,6 +57,13 @@ class Runner:
                 records[spec.cell_id()] = existing
         if records:
             self.log(f"          {len(records)} of {len(cells)} cells already have records (cached)")
+            # A cell id names what was run, not where: figures made on another kind of device stand as they are.
+            here = str(self.device).split(":")[0]
+            elsewhere = sorted({k for r in records.values() if (k := _device_kind(r)) not in (None, here)})
+            if elsewhere:
+                n = sum(_device_kind(r) in elsewhere for r in records.values())
+                self.log(f"          note: {n} of them were made on {' / '.join(elsewhere)}, not {here}; they are "
+                         f"kept (--force, or another --results folder, measures them on {here})")
         for spec, record in (executor or LocalExecutor()).execute(self, pending):
             self.store.put(record)  # the driver alone writes records
             records[spec.cell_id()] = record
@@ -229,6 +236,12 @@ def _version() -> str:
         return version("fipbench")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+def _device_kind(record: Record) -> str | None:
+    """'cpu' / 'cuda' / ... of the device a stored record was made on (None where it does not say)."""
+    device = (record.get("environment") or {}).get("device")
+    return str(device).split(":")[0] if device else None
 
 
 def _fmt(x: float | None) -> str:

@@ -45,6 +45,23 @@ def _records(results: Path) -> dict[str, str]:
 
 
 # -- records -------------------------------------------------------------------------------------------------
+def test_cached_cells_made_on_another_device_are_named_and_kept(tiny_run):
+    """A cell id names what was run, not where: a run on another kind of device keeps the stored records (nothing
+    is recomputed) and says how many were made elsewhere."""
+    from benchmark.runner import Runner
+    from benchmark.spec import load_matrix
+
+    results, cache, argv = tiny_run
+    cells = load_matrix(Path(argv[1])).cells
+    before = _records(results)
+    for device, expected in (("cuda", "note: 2 of them were made on cpu, not cuda"), ("cpu", None)):
+        logs: list[str] = []
+        Runner(results, cache, device=device, log=logs.append).run(cells)  # every cell cached: nothing runs
+        notes = [line.strip() for line in logs if "note:" in line]
+        assert (notes[0].startswith(expected) and len(notes) == 1) if expected else not notes
+    assert _records(results) == before
+
+
 def test_record_round_trips_through_json(tiny_run):
     results, _, _ = tiny_run
     store = ResultStore(results)
