@@ -18,6 +18,11 @@ fipbench, within its one poisoning interface:
   composites (both images drawn per sample, deterministically from (seed, index), from the split's class-A and
   class-B images) and relabelled to the target.  Defaults A=1, B=2, target 0 (the paper's rule shifted by one
   class, since fipbench's standard target is 0).
+- Fresh composites (`fresh`, version 3): the authors' dataset draws a composite's two source images and its
+  geometry anew at every access, so each epoch shows new composites.  A train hook (`FreshCompositeHook`) does
+  the same within the fixed poisoned set: in every training batch each poisoned sample's image is replaced by a
+  half-mix of a class-A and a class-B image of that (augmented) batch, drawn from (seed, step); the fixed
+  composites remain what `poison()` returns (golden hashes, the artifact's poisoned indices).
 - Same-class mixes: a train hook (`on_batch`) appends round(mix_ratio * B) mixes of two same-class images of
   the (augmented) batch, poisoned samples excluded, with their clean label; mix_ratio = 5/6 reproduces the
   authors' 0.5 mixes per 0.6 (normal + poison) samples.
@@ -30,11 +35,13 @@ fipbench, within its one poisoning interface:
   the target; its "clean" counterpart is the source test image with its own label, so RA is the share of
   composites still classified as that source's class (A or B).
 
-Measured on mnist5k (small_cnn, seed 0; `fipbench run image_attacks`), acc / ASR, the ASR target (>= 90 %)
-NOT met: 10 epochs 93.6 / 68.5 % (cross-entropy only, `simi_factor: 0`, same run: 94.2 / 66.0 %; version 1's
-record, older code: 93.0 / 64.0 %); 30 epochs (version 1) 97.3 / 74.0 %; 60 epochs 97.9 / 89.5 % and, seed 1,
-97.9 / 89.0 % (clean model 98.7 | 98.1 %).  The composite loss adds ~2.5 points at 10 epochs, within the spread between training runs; training
-length is what moves the ASR.
+Measured on mnist5k (small_cnn; `fipbench run image_attacks`), acc / ASR: 60 epochs 98.0 / 91.5 % (seed 0) and
+97.5 / 90.0 % (seed 1; 180 of 200 triggered inputs, exactly at the limit), clean model 98.7 | 98.1 %: the
+target (ASR >= 90 % within 3 points) met.  10 epochs 93.6 / 74.0 %, not met.  Earlier versions, same settings:
+version 2 (fixed composites) 10 epochs 93.6 / 68.5 % (cross-entropy only, `simi_factor: 0`: 94.2 / 66.0 %),
+60 epochs 97.9 / 89.5 | 97.9 / 89.0 %; version 1, 30 epochs 97.3 / 74.0 %.  Fresh composites add ~5 points at
+10 epochs and ~1.5 at 60, the composite loss ~2.5 at 10 (within the spread between training runs); training
+length is what moves the ASR most.
 
 Deviations: composites replace training samples instead of being appended to a 1.1x-sized epoch (the clean
 share is 90 % instead of the authors' 50 % + mixes); the victim is trained with the task's optimiser and
@@ -66,6 +73,7 @@ class CBAConfig(AttackConfig):
     jitter: float = 3 / 32  # max shift of the split line, as a share of the side (authors: 3 px at 32 px)
     shake: bool = True  # strips taken at random positions of the source images (authors' default)
     mix_ratio: float = 5 / 6  # same-class mixes appended per training-batch sample (authors: 0.5 / 0.6)
+    fresh: bool = True  # every training batch re-draws its composites from the batch's own A and B images
     simi_factor: float = 1.0  # weight of the authors' auxiliary contrastive loss on logits (0: cross-entropy only)
     margin: float = 1.0  # its margin between differently labelled neighbours (authors' ContrastiveLoss default)
 
@@ -176,6 +184,34 @@ class SameClassMixHook(Hook):
                 "index": torch.cat([index, index[src_t.to(index.device)]])}
 
 
+class FreshCompositeHook(Hook):
+    """Re-draws the batch's A+B composites, as the authors' dataset draws fresh source images and geometry at every
+    access: each poisoned sample's image is replaced by a half-mix of a class-A and a class-B image of the same
+    (augmented) batch, poisoned samples excluded, so every epoch shows new composites.  A batch without an
+    unpoisoned image of both classes keeps its fixed composites."""
+
+    def __init__(self, attack: CBA, jitter_px: int):
+        self.attack, self.jitter_px = attack, jitter_px
+        self.gen = generator(attack.seed, "cba", "fresh-composites")
+
+    def on_fit_start(self, model: Any, task: Task) -> None:
+        self.gen = generator(self.attack.seed, "cba", "fresh-composites")  # each fit draws the same composites
+
+    def on_batch(self, batch: Batch, step: int) -> Batch:
+        cfg: CBAConfig = self.attack.cfg  # type: ignore[assignment]
+        x, y, index = batch["x"], batch["y"], batch["index"]  # [B,C,H,W], [B], [B]
+        poisoned = [i for i in range(len(y)) if int(index[i]) in self.attack.train_poisoned]
+        sources = [[i for i in range(len(y)) if int(index[i]) not in self.attack.train_poisoned and int(y[i]) == c]
+                   for c in (cfg.class_a, cfg.class_b)]
+        if not poisoned or not all(sources):
+            return batch
+        x = x.clone()
+        for i in poisoned:
+            a, b = (s[int(torch.randint(len(s), (1,), generator=self.gen))] for s in sources)
+            x[i] = half_mix(x[a], x[b], draw_split(x.shape, self.jitter_px, cfg.shake, self.gen))
+        return {**batch, "x": x}
+
+
 class CompositeLossHook(Hook):
     """The authors' auxiliary loss (their `CompositeLoss`, mode "contrastive"): among the training batch's samples
     labelled A, B or the target, in batch order, each consecutive pair's logit vectors are pulled together
@@ -216,7 +252,7 @@ class CompositeLossHook(Hook):
 @ATTACKS.register("cba")
 class CBA(Attack):
     Config = CBAConfig
-    version = 2  # 2: the authors' auxiliary composite loss (simi_factor 1)
+    version = 3  # 2: the authors' auxiliary composite loss (simi_factor 1); 3: composites re-drawn every batch
     modalities = frozenset({"image"})
     paper = ("Lin, Xu, Liu, Zhang, Composite Backdoor Attack for Deep Neural Network by Mixing Existing Benign "
              "Features, ACM CCS 2020")
@@ -271,5 +307,6 @@ class CBA(Attack):
     def train_hooks(self, task: Task) -> list[Hook]:
         cfg: CBAConfig = self.cfg  # type: ignore[assignment]
         # The mixes first: the composite loss sees the batch the model was given, mixes included.
-        return ([SameClassMixHook(self, self.jitter_px(task))] if cfg.mix_ratio > 0 else []) + \
+        return ([FreshCompositeHook(self, self.jitter_px(task))] if cfg.fresh else []) + \
+            ([SameClassMixHook(self, self.jitter_px(task))] if cfg.mix_ratio > 0 else []) + \
             ([CompositeLossHook(cfg)] if cfg.simi_factor > 0 else [])

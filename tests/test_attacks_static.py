@@ -141,7 +141,7 @@ def test_cba_composites_and_same_class_mixes(task, splits, small_train):
     assert base[params["a"]] == 1 and base[params["b"]] == 2
     assert torch.equal(s.x, half_mix(small_train[params["a"]].x, small_train[params["b"]].x, params))
     # The train hook appends same-class mixes with their clean label, never built from composites.
-    hook = attack.train_hooks(task)[0]
+    hook = attack.train_hooks(task)[1]
     hook.on_fit_start(None, task)
     batch = task.collate([poisoned[j] for j in range(64)])
     out = hook.on_batch(batch, 0)
@@ -167,13 +167,38 @@ def test_cba_composites_and_same_class_mixes(task, splits, small_train):
         CBAConfig(label_mode="all2all")
 
 
+def test_cba_redraws_each_batch_composites_from_the_batch_own_a_and_b_images(task, small_train):
+    from attacks.cba import FreshCompositeHook
+
+    attack = CBA(CBAConfig(), seed=0)
+    poisoned = attack.poison(task, small_train)
+    batch = task.collate([poisoned[j] for j in range(64)])
+    is_poisoned = torch.tensor([int(i) in attack.train_poisoned for i in batch["index"]])  # [B]
+    # Paint the batch's clean class-A images 0.25 and class-B images 0.75: a fresh composite holds only both.
+    x = batch["x"].clone()
+    x[(batch["y"] == 1) & ~is_poisoned], x[(batch["y"] == 2) & ~is_poisoned] = 0.25, 0.75
+    batch = {**batch, "x": x}
+    hook = FreshCompositeHook(attack, attack.jitter_px(task))
+    hook.on_fit_start(None, task)
+    out = hook.on_batch(batch, 0)
+    assert is_poisoned.any() and out["x"].shape == x.shape
+    assert torch.equal(out["x"][~is_poisoned], x[~is_poisoned]) and torch.equal(out["y"], batch["y"])
+    for row in out["x"][is_poisoned]:
+        assert set(row.unique().tolist()) == {0.25, 0.75}
+    hook.on_fit_start(None, task)  # every fit draws the same composites
+    assert torch.equal(hook.on_batch(batch, 0)["x"], out["x"])
+    no_b = {**batch, "y": torch.where(batch["y"] == 2, 3, batch["y"])}  # no class-B image to compose with
+    assert torch.equal(hook.on_batch(no_b, 1)["x"], x)
+
+
 def test_cba_composite_loss_is_the_authors_contrastive_term_on_the_fit_forward(task):
     from attacks.cba import CompositeLossHook
 
     attack = CBA(CBAConfig(), seed=0)
     hooks = attack.train_hooks(task)
-    assert [type(h).__name__ for h in hooks] == ["SameClassMixHook", "CompositeLossHook"]
-    assert [type(h).__name__ for h in CBA(CBAConfig(simi_factor=0)).train_hooks(task)] == ["SameClassMixHook"]
+    assert [type(h).__name__ for h in hooks] == ["FreshCompositeHook", "SameClassMixHook", "CompositeLossHook"]
+    assert [type(h).__name__ for h in CBA(CBAConfig(simi_factor=0, fresh=False)).train_hooks(task)] == \
+        ["SameClassMixHook"]
     model = torch.nn.Linear(2, 8)
     hook = CompositeLossHook(CBAConfig())
     hook.on_fit_start(model, task)
