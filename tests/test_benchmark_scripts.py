@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import sys
 from pathlib import Path
 
 from _helpers import tiny_matrix
 
+from benchmark.store import ResultStore
 from tasks.base import FitConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +19,7 @@ def _load(name: str, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # as when run as a file: its siblings import
     spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, name, module)  # dataclasses resolve their annotations through it
     spec.loader.exec_module(module)  # type: ignore[union-attr]
     return module
 
@@ -58,3 +62,46 @@ def test_quick_preset_timer_reports_groups_and_total(monkeypatch, tmp_path, caps
     assert out[2].startswith("total: ") and out[2].endswith("target <= 600 s: met")
     assert (tmp_path / "results" / "leaderboard.html").is_file()
     assert module.main(["--config", str(cfg), "--executor", "rey"]) == 2
+
+
+def _record(template: dict, attack: str, defense: str, seed: int, created: str, **metrics) -> dict:
+    """A committed record re-labelled: another attack / defense / seed with the given metrics (fractions)."""
+    rec = json.loads(json.dumps(template))
+    rec["spec"].update(attack=attack, attack_label=attack, defense=defense, defense_label=defense, seed=seed)
+    rec["cell_id"] = f"{attack}-{defense}-s{seed}-{created[-2:]}"
+    rec["created"] = created
+    rec["metrics"].update(metrics)
+    return rec
+
+
+def test_targets_judges_attacks_against_the_clean_model_and_defenses_against_the_backdoored_one(
+        monkeypatch, tmp_path, capsys):
+    mod = _load("targets", monkeypatch)
+    template = json.loads(sorted((ROOT / "results" / "records").glob("image_classification-*.json"))[0].read_text())
+    template.pop("digest")
+    store = ResultStore(tmp_path)
+    rows = [("none", "none", 0, "2026-01-01T00:00:01", dict(clean_before=0.95, asr_before=None, clean=0.95, asr=None)),
+            # 180 of 200 triggered inputs, as float32 stores it: exactly at the 90 % bound, so met
+            ("x", "none", 0, "2026-01-01T00:00:01", dict(clean_before=0.93, asr_before=0.8999999761581421)),
+            ("x", "fip", 0, "2026-01-01T00:00:01", dict(clean_before=0.93, asr_before=0.9, clean=0.91, asr=0.04)),
+            ("x", "finetune", 0, "2026-01-01T00:00:01", dict(clean_before=0.93, asr_before=0.9, clean=0.92,
+                                                              asr=0.12)),
+            ("y", "none", 0, "2026-01-01T00:00:01", dict(clean_before=0.91, asr_before=1.0)),  # 4 points under
+            ("z", "fip", 0, "2026-01-01T00:00:01", dict(clean_before=0.95, asr_before=0.03, clean=0.94, asr=0.02)),
+            # an older record of the same cell, superseded by the newer one above
+            ("x", "fip", 0, "2026-01-01T00:00:00", dict(clean_before=0.93, asr_before=0.9, clean=0.5, asr=0.9))]
+    for attack, defense, seed, created, metrics in rows:
+        store.put(_record(template, attack, defense, seed, created, **metrics))
+    attacks, defenses = mod.check(store.all())
+    key = tuple(template["spec"][k] for k in ("task", "dataset", "model"))
+    assert mod.verdict(attacks[(*key, "x")]) == "met"
+    assert mod.verdict(attacks[(*key, "y")]) == "NOT met"
+    assert mod.verdict(defenses[(*key, "x", "fip", "fip")]) == "met"
+    assert mod.verdict(defenses[(*key, "x", "finetune", "finetune")]) == "NOT met"  # 12 % > the baselines' 10 %
+    assert mod.verdict(defenses[(*key, "z", "fip", "fip")]) == "under the bound before the defense"
+    assert mod.main(["--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 of 3 settings met on every seed" in out and (tmp_path / "targets.md").read_text() in out
+    assert "fip (every setting run): 1 of 1 judged rows met" in out
+    assert mod.main(["--results", str(tmp_path / "nowhere")]) == 2
+    assert "no records under" in capsys.readouterr().err

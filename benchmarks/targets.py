@@ -1,0 +1,181 @@
+"""The issues' quality targets, checked against the committed records: which attack settings and which defense
+runs meet them, per seed.  It trains nothing; it reads results/records/ (the same records the leaderboard
+aggregates; a cell recorded twice under one label and seed counts with its newest record, as there).
+
+    .venv/bin/python benchmarks/targets.py [--results results] [--task image_classification]
+
+Targets (the task issues' "what it must show"; clean metric in points: top-1 %, mAP@0.5 %, BLEU):
+- attack: ASR >= `attack_asr` with the backdoored model's clean metric at most `attack_drop` points under the
+  clean model trained the same way (attack `none`, same task config, training config and seed);
+- FIP / Fast FIP (every run of the `fip` and `fast_fip` registry names, whatever its label): ASR <= `fip_asr`
+  with a drop of at most `fip_drop` points from the backdoored model it purified;
+- any other defense: ASR <= `baseline_asr` with the same drop bound as FIP.
+A defense run on a backdoored model whose ASR was already under the bound is not judged ("under the bound
+before the defense": CLB and BppAttack on mnist5k).
+A setting or defense row is "met" when every seed it was run on meets the target, "met on k of n seeds" when
+some do.  Issue 2's stricter bar for BadNets and Blend on the quick preset (ASR >= 95 % within 2 points) is
+not applied here.  Writes results/targets.md and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from _common import REPO
+
+from benchmark._io import atomic_write_bytes
+from benchmark.store import ResultStore
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    attack_asr: float  # % at least
+    attack_drop: float  # points at most, backdoored vs clean model
+    fip_asr: float  # % at most
+    fip_drop: float  # points at most, purified vs backdoored model
+    baseline_asr: float  # % at most
+
+
+TARGETS = {  # from issues 3 (image), 5 (detection), 6 (video), 7 (point cloud), 8 (text)
+    "image_classification": Target(90, 3, 5, 3, 10),
+    "object_detection": Target(80, 5, 10, 5, 10),
+    "video_recognition": Target(90, 3, 5, 3, 10),
+    "point_cloud": Target(90, 3, 5, 3, 10),
+    "language_generation": Target(90, 3, 10, 3, 10),
+}
+FIP_FAMILY = {"fip", "fast_fip"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One seed of one cell, clean metric and ASR in points."""
+    seed: int
+    clean: float
+    asr: float | None
+    verdict: bool | None  # None: nothing to judge, `note` says why
+    note: str = ""
+
+
+def _canon(value) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def latest(records: list[dict]) -> list[dict]:
+    """The ok records, the newest per (task, dataset, model, attack label, defense label, seed)."""
+    keep: dict[tuple, dict] = {}
+    for r in sorted((r for r in records if r["status"] == "ok"), key=lambda r: r["created"]):
+        s = r["spec"]
+        keep[(s["task"], s["dataset"], s["model"], s["attack_label"], s["defense_label"], s["seed"])] = r
+    return list(keep.values())
+
+
+def _group(r: dict) -> tuple:
+    """What makes two backdoored models comparable with one clean model: task, data, model, training, seed."""
+    s = r["spec"]
+    return (s["task"], s["dataset"], s["model"], _canon(r["config"]["task"]), _canon(r["config"]["train"]), s["seed"])
+
+
+def _pts(x: float | None) -> float | None:
+    # Rates are ratios of counts stored as float32 (180/200 reads 0.89999998): rounding to 1e-4 points keeps an
+    # ASR of exactly 90 % at 90, far below any difference between two counts.
+    return None if x is None else round(100.0 * x, 4)
+
+
+def check(records: list[dict]) -> tuple[dict, dict]:
+    """(attack rows, defense rows): {(task, dataset, model, attack label[, defense label, defense name]): [Run
+    per seed]}."""
+    records = latest(records)
+    clean_ref = {_group(r): _pts(r["metrics"]["clean_before"]) for r in records if r["spec"]["attack"] == "none"}
+    attacks: dict[tuple, dict[int, Run]] = defaultdict(dict)
+    defenses: dict[tuple, list[Run]] = defaultdict(list)
+    for r in records:
+        s, m = r["spec"], r["metrics"]
+        t = TARGETS.get(s["task"])
+        if t is None or s["attack"] == "none":
+            continue
+        key = (s["task"], s["dataset"], s["model"], s["attack_label"])
+        before, asr_before = _pts(m["clean_before"]), _pts(m["asr_before"])
+        ref = clean_ref.get(_group(r))
+        ok = None if ref is None or asr_before is None else \
+            asr_before >= t.attack_asr and ref - before <= t.attack_drop
+        # the same backdoored model under every defense of this seed
+        attacks[key][s["seed"]] = Run(s["seed"], before, asr_before, ok, "" if ref is not None else "no clean model")
+        if s["defense"] == "none" or m["asr"] is None:
+            continue
+        bound = t.fip_asr if s["defense"] in FIP_FAMILY else t.baseline_asr
+        after, asr = _pts(m["clean"]), _pts(m["asr"])
+        # A defense is not credited with an ASR the backdoored model was already under.
+        ok = asr <= bound and before - after <= t.fip_drop if asr_before > bound else None
+        defenses[(*key, s["defense_label"], s["defense"])].append(
+            Run(s["seed"], after, asr, ok, "" if ok is not None else "under the bound before the defense"))
+    return ({k: sorted(v.values(), key=lambda x: x.seed) for k, v in attacks.items()},
+            {k: sorted(v, key=lambda x: x.seed) for k, v in defenses.items()})
+
+
+def verdict(runs: list[Run]) -> str:
+    known = [x.verdict for x in runs if x.verdict is not None]
+    if not known:
+        return runs[0].note
+    met = sum(known)
+    if met == len(runs):
+        return "met"
+    judged = "" if len(known) == len(runs) else f" ({len(runs) - len(known)} seeds: {runs[0].note})"
+    return ("NOT met" if met == 0 else f"met on {met} of {len(runs)} seeds") + judged
+
+
+def _cell(runs: list[Run]) -> str:
+    return " \\| ".join(f"{x.clean:.1f} / {x.asr:.1f}" for x in runs)
+
+
+def markdown(attacks: dict, defenses: dict, task: str | None = None) -> str:
+    lines = ["# Targets", "", "Produced by `python benchmarks/targets.py` from results/records/; clean metric / "
+             "ASR in points, one entry per seed (seed order), see the script's docstring for the targets.", ""]
+    for name, t in TARGETS.items():
+        rows = sorted(k for k in attacks if k[0] == name)
+        if (task and name != task) or not rows:
+            continue
+        met = sum(verdict(attacks[k]) == "met" for k in rows)
+        lines += [f"## {name}", "",
+                  f"Attacks (ASR >= {t.attack_asr:g} %, within {t.attack_drop:g} points of the clean model): "
+                  f"{met} of {len(rows)} settings met on every seed.", "",
+                  "| dataset | model | attack | seeds | backdoored | target |", "|---|---|---|---:|---|---|"]
+        lines += [f"| {d} | {m} | {a} | {len(attacks[k])} | {_cell(attacks[k])} | {verdict(attacks[k])} |"
+                  for k in rows for (_, d, m, a) in [k]]
+        drows = sorted(k for k in defenses if k[0] == name)
+        lines += ["", f"Defenses (FIP / Fast FIP: ASR <= {t.fip_asr:g} %, others <= {t.baseline_asr:g} %; "
+                  f"drop <= {t.fip_drop:g} points from the backdoored model):", "",
+                  "| dataset | model | attack | defense | after | target |", "|---|---|---|---|---|---|"]
+        lines += [f"| {d} | {m} | {a} | {df} | {_cell(defenses[k])} | {verdict(defenses[k])} |"
+                  for k in drows for (_, d, m, a, df, _) in [k]]
+        for fam in sorted(FIP_FAMILY):
+            mine = [k for k in drows if k[5] == fam]
+            judged = [k for k in mine if any(x.verdict is not None for x in defenses[k])]
+            lines += ["", f"{fam} (every setting run): {sum(verdict(defenses[k]) == 'met' for k in judged)} of "
+                      f"{len(judged)} judged rows met on every seed."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--results", type=Path, default=REPO / "results", help="holds records/ (default: results)")
+    p.add_argument("--task", choices=sorted(TARGETS), help="one task only")
+    p.add_argument("--out", type=Path, help="where to write the Markdown (default: RESULTS/targets.md)")
+    args = p.parse_args(argv)
+    if not (args.results / "records").is_dir():
+        print(f"targets: error: no records under {args.results / 'records'}; run `fipbench run` first",
+              file=sys.stderr)
+        return 2
+    text = markdown(*check(ResultStore(args.results).all()), task=args.task)
+    print(text)
+    atomic_write_bytes(args.out or args.results / "targets.md", text.encode())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
