@@ -149,22 +149,34 @@ class MixTrigger(Trigger):
         return dataclasses.replace(sample, x=half_mix(a, b, params))
 
 
-class SameClassMixHook(Hook):
-    """Appends same-class composites with their clean label to every training batch (the authors' mix samples),
-    so the mixing artefact alone does not predict the target."""
+class _BatchMixHook(Hook):
+    """What the two mixing hooks share: the attack, the split line's jitter, a generator of their own stream that
+    restarts with every fit (so each fit draws the same mixes), and the batch positions of unpoisoned samples."""
+
+    stream = ""
 
     def __init__(self, attack: CBA, jitter_px: int):
         self.attack, self.jitter_px = attack, jitter_px
-        self.gen = generator(attack.seed, "cba", "same-class-mix")
+        self.gen = generator(attack.seed, "cba", self.stream)
 
     def on_fit_start(self, model: Any, task: Task) -> None:
-        self.gen = generator(self.attack.seed, "cba", "same-class-mix")  # each fit draws the same mixes
+        self.gen = generator(self.attack.seed, "cba", self.stream)
+
+    def clean_positions(self, index: torch.Tensor) -> list[bool]:
+        """Per batch position [B]: whether its sample is unpoisoned."""
+        return [int(i) not in self.attack.train_poisoned for i in index]
+
+
+class SameClassMixHook(_BatchMixHook):
+    """Appends same-class composites with their clean label to every training batch (the authors' mix samples),
+    so the mixing artefact alone does not predict the target."""
+
+    stream = "same-class-mix"
 
     def on_batch(self, batch: Batch, step: int) -> Batch:
         cfg: CBAConfig = self.attack.cfg  # type: ignore[assignment]
         x, y, index = batch["x"], batch["y"], batch["index"]  # [B,C,H,W], [B], [B]
-        poisoned = self.attack.train_poisoned
-        keep = [i for i in range(len(y)) if int(index[i]) not in poisoned]
+        keep = [i for i, clean in enumerate(self.clean_positions(index)) if clean]
         n_mix = round(cfg.mix_ratio * len(y))
         if not keep or n_mix == 0:
             return batch
@@ -184,25 +196,20 @@ class SameClassMixHook(Hook):
                 "index": torch.cat([index, index[src_t.to(index.device)]])}
 
 
-class FreshCompositeHook(Hook):
+class FreshCompositeHook(_BatchMixHook):
     """Re-draws the batch's A+B composites, as the authors' dataset draws fresh source images and geometry at every
     access: each poisoned sample's image is replaced by a half-mix of a class-A and a class-B image of the same
     (augmented) batch, poisoned samples excluded, so every epoch shows new composites.  A batch without an
     unpoisoned image of both classes keeps its fixed composites."""
 
-    def __init__(self, attack: CBA, jitter_px: int):
-        self.attack, self.jitter_px = attack, jitter_px
-        self.gen = generator(attack.seed, "cba", "fresh-composites")
-
-    def on_fit_start(self, model: Any, task: Task) -> None:
-        self.gen = generator(self.attack.seed, "cba", "fresh-composites")  # each fit draws the same composites
+    stream = "fresh-composites"
 
     def on_batch(self, batch: Batch, step: int) -> Batch:
         cfg: CBAConfig = self.attack.cfg  # type: ignore[assignment]
         x, y, index = batch["x"], batch["y"], batch["index"]  # [B,C,H,W], [B], [B]
-        poisoned = [i for i in range(len(y)) if int(index[i]) in self.attack.train_poisoned]
-        sources = [[i for i in range(len(y)) if int(index[i]) not in self.attack.train_poisoned and int(y[i]) == c]
-                   for c in (cfg.class_a, cfg.class_b)]
+        clean = self.clean_positions(index)
+        poisoned = [i for i, c in enumerate(clean) if not c]
+        sources = [[i for i, c in enumerate(clean) if c and int(y[i]) == k] for k in (cfg.class_a, cfg.class_b)]
         if not poisoned or not all(sources):
             return batch
         x = x.clone()
