@@ -39,27 +39,32 @@ def _arrow(before: float, after: float) -> str:
     return f"{before:.0f} → {after:.0f}"
 
 
+def latest(records: list[Record]) -> list[Record]:
+    """The ok records, oldest first, only the newest per (task, dataset, model, attack label, defense label, seed):
+    a cell re-run under a changed config leaves an older record with the same labels and seed, which must not be
+    counted as if it were another seed."""
+    keep: dict[tuple, Record] = {}
+    for r in sorted((r for r in records if r["status"] == "ok"), key=lambda r: r["created"]):
+        s = r["spec"]
+        keep[(s["task"], s["dataset"], s["model"], s["attack_label"], s["defense_label"], s["seed"])] = r
+    return sorted(keep.values(), key=lambda r: r["created"])
+
+
 def frame(records: list[Record]):
-    """One row per ok record: keys, metric name, and the VALUES columns (scaled)."""
+    """One row per ok record (the newest of each cell, see `latest`): keys, metric name, and the VALUES columns
+    (scaled)."""
     import pandas as pd
 
     rows = []
-    for r in records:
-        if r["status"] != "ok":
-            continue
+    for r in latest(records):
         s = r["spec"]
         row = {"task": s["task"], "dataset": s["dataset"], "model": s["model"], "attack": s["attack_label"],
-               "defense": s["defense_label"], "seed": s["seed"], "metric": r["metrics"]["metric_name"],
-               "created": r["created"]}
+               "defense": s["defense_label"], "seed": s["seed"], "metric": r["metrics"]["metric_name"]}
         for col, (get, scale) in VALUES.items():
             v = get(r)
             row[col] = None if v is None else v * scale
         rows.append(row)
-    df = pd.DataFrame(rows, columns=KEYS + ["seed", "metric", "created", *VALUES])
-    # A cell re-run under a changed config leaves an older record with the same labels and seed: keep only the
-    # newest, so that it is not averaged in as if it were another seed.
-    df = df.sort_values("created").drop_duplicates(KEYS + ["seed"], keep="last")
-    return df.drop(columns="created")
+    return pd.DataFrame(rows, columns=KEYS + ["seed", "metric", *VALUES])
 
 
 def aggregate(records: list[Record]):

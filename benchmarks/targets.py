@@ -29,6 +29,7 @@ from pathlib import Path
 from _common import REPO
 
 from benchmark._io import atomic_write_bytes
+from benchmark.leaderboard import latest
 from benchmark.store import ResultStore
 
 
@@ -63,15 +64,6 @@ class Run:
 
 def _canon(value) -> str:
     return json.dumps(value, sort_keys=True)
-
-
-def latest(records: list[dict]) -> list[dict]:
-    """The ok records, the newest per (task, dataset, model, attack label, defense label, seed)."""
-    keep: dict[tuple, dict] = {}
-    for r in sorted((r for r in records if r["status"] == "ok"), key=lambda r: r["created"]):
-        s = r["spec"]
-        keep[(s["task"], s["dataset"], s["model"], s["attack_label"], s["defense_label"], s["seed"])] = r
-    return list(keep.values())
 
 
 def _group(r: dict) -> tuple:
