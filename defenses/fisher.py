@@ -105,21 +105,25 @@ def _grads_with_graph(model: nn.Module, batch: Batch, task: Task, params: Sequen
 
 def hessian_max_eigenvalue(model: nn.Module, batch: Batch, task: Task, params: Sequence[torch.Tensor], *,
                            iters: int = 20, generator: torch.Generator, tol: float = 1e-4) -> float:
-    """Largest-magnitude Hessian eigenvalue of the batch loss by power iteration on Hessian-vector products."""
+    """Largest-magnitude Hessian eigenvalue of the batch loss by power iteration on Hessian-vector products.
+
+    Stops when two successive Rayleigh quotients agree within `tol` (relative, absolute below 1).  The first
+    quotient, of the random start, is never a stopping point: it is ≈ Tr(H)/n, tiny on a large flat model,
+    and was once compared with an initial 0 and returned as λ_max (7.8e-5 for a model with Tr H = 24)."""
     grads = _grads_with_graph(model, batch, task, params)
     v = [torch.randn(p.shape, generator=generator).to(p) for p in params]
-    eig = 0.0
+    eig: float | None = None
     for _ in range(iters):
         norm = torch.sqrt(sum((x ** 2).sum() for x in v))
         v = [x / norm for x in v]
         hv = _hvp(grads, params, v)
         new = float(sum((h * x).sum() for h, x in zip(hv, v)))  # Rayleigh quotient vᵀHv
         v = hv
-        if abs(new - eig) <= tol * max(1.0, abs(eig)):
-            eig = new
-            break
+        done = eig is not None and abs(new - eig) <= tol * max(1.0, abs(eig))
         eig = new
-    return eig
+        if done:
+            break
+    return float(eig or 0.0)
 
 
 def hessian_trace(model: nn.Module, batch: Batch, task: Task, params: Sequence[torch.Tensor], *,

@@ -258,3 +258,24 @@ def test_second_order_turns_only_missing_second_derivatives_into_not_applicable(
         with pytest.raises(RuntimeError, match=msg.split()[1]):
             with second_order("fip"):
                 raise RuntimeError(msg)
+
+
+class _Quadratic:
+    """A 'task' whose loss is ½ Σ h_j θ_j²: Hessian diag(h), known exactly."""
+
+    def __init__(self, h: torch.Tensor):
+        self.h = h
+
+    def loss(self, model: nn.Module, batch) -> torch.Tensor:
+        return 0.5 * (self.h * model.theta ** 2).sum()
+
+
+def test_hessian_max_eigenvalue_does_not_stop_at_the_random_start():
+    # One sharp direction among 10^6 flat ones: the random start's Rayleigh quotient is ≈ 10/10^6, under the
+    # stopping tolerance; λ_max is 10.  (The first quotient used to be compared with 0 and returned.)
+    h = torch.zeros(1_000_000, dtype=torch.float64)
+    h[0] = 10.0
+    model = nn.Module()
+    model.theta = nn.Parameter(torch.ones(1_000_000, dtype=torch.float64))
+    got = hessian_max_eigenvalue(model, {}, _Quadratic(h), [model.theta], generator=generator(0, "flat"))
+    assert got == pytest.approx(10.0, rel=1e-6)
