@@ -156,17 +156,28 @@ def _run(args: argparse.Namespace) -> int:
     print(f"fipbench: {matrix.name}: {len(cells)} of {len(matrix.cells)} cells -> {args.results}/records "
           f"({args.executor} executor)")
     runner.run(cells, executor)
-    paths = leaderboard.write(runner.store.all(), args.results)
+    records = runner.store.all()
+    paths = leaderboard.write(records, args.results)
     print(f"fipbench: leaderboard written to {', '.join(str(p) for k, p in paths.items() if k != 'sharpness')}")
+    _warn_mixed(records)
     return 0
+
+
+def _warn_mixed(records) -> None:
+    from benchmark import leaderboard
+
+    for line in leaderboard.mixed_artifacts(records):
+        print(f"fipbench: warning: {line}", file=sys.stderr)
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
     from benchmark import leaderboard
     from benchmark.store import ResultStore
 
-    paths = leaderboard.write(ResultStore(args.results).all(), args.results)
+    records = ResultStore(args.results).all()
+    paths = leaderboard.write(records, args.results)
     print(open(paths["md"]).read())
+    _warn_mixed(records)
     return 0
 
 

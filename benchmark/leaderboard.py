@@ -50,6 +50,29 @@ def latest(records: list[Record]) -> list[Record]:
     return sorted(keep.values(), key=lambda r: r["created"])
 
 
+def mixed_artifacts(records: list[Record]) -> list[str]:
+    """One line per backdoored model whose records disagree on its own metrics (clean / ASR / RA before the
+    defense), i.e. cells made from two trainings of one artifact key.  Training is deterministic on one machine,
+    but another CPU (or GPU) rounds differently and a re-trained model drifts by a point or so; a cell re-run
+    after its cache was lost then sits next to siblings made from the other model, and the leaderboard's
+    "before" columns and every comparison between defenses of that model are off by the drift."""
+    groups: dict[str, list[Record]] = {}
+    for r in latest(records):
+        groups.setdefault(r["artifact_key"], []).append(r)
+    lines = []
+    for key, recs in groups.items():
+        befores = {(r["metrics"]["clean_before"], r["metrics"]["asr_before"], r["metrics"]["ra_before"])
+                   for r in recs}
+        if len(befores) > 1:
+            s = recs[0]["spec"]
+            cleans = " | ".join(sorted({f"{100 * b[0]:.2f}" for b in befores}))
+            lines.append(f"backdoored model {key} ({s['task']}/{s['dataset']}/{s['model']} {s['attack_label']} "
+                         f"seed {s['seed']}): its {len(recs)} records come from {len(befores)} trainings "
+                         f"(clean before {cleans}); re-run them together: fipbench run CONFIG --force "
+                         f"--only model={s['model']} --only attack={s['attack_label']} --only seed={s['seed']}")
+    return lines
+
+
 def frame(records: list[Record]):
     """One row per ok record (the newest of each cell, see `latest`): keys, metric name, and the VALUES columns
     (scaled)."""

@@ -105,3 +105,44 @@ def test_targets_judges_attacks_against_the_clean_model_and_defenses_against_the
     assert "fip (every setting run): 1 of 1 judged rows met" in out
     assert mod.main(["--results", str(tmp_path / "nowhere")]) == 2
     assert "no records under" in capsys.readouterr().err
+
+
+def test_leaderboard_warns_when_one_backdoored_model_has_records_from_two_trainings(tmp_path, capsys):
+    from benchmark import cli, leaderboard
+
+    template = json.loads(sorted((ROOT / "results" / "records").glob("image_classification-*.json"))[0].read_text())
+    template.pop("digest")
+    store = ResultStore(tmp_path)
+    # Three cells of one artifact key; the third was made from a re-training that came out 0.5 points apart.
+    for defense, clean_before in (("none", 0.955), ("fip", 0.955), ("finetune", 0.96)):
+        store.put(_record(template, "x", defense, 0, "2026-01-01T00:00:01", clean_before=clean_before,
+                          asr_before=1.0))
+    other = _record(template, "y", "none", 0, "2026-01-01T00:00:01", clean_before=0.9, asr_before=1.0)
+    store.put({**other, "artifact_key": "another-model"})
+    lines = leaderboard.mixed_artifacts(store.all())
+    assert len(lines) == 1, lines
+    assert f"backdoored model {template['artifact_key']}" in lines[0]
+    assert "its 3 records come from 2 trainings (clean before 95.50 | 96.00)" in lines[0]
+    assert lines[0].endswith("--only attack=x --only seed=0")
+    assert cli.main(["leaderboard", "--results", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == f"fipbench: warning: {lines[0]}\n"
+
+
+def test_committed_tables_are_what_the_committed_records_produce(monkeypatch, tmp_path):
+    # results/ is read by people, not only by the code: a record added or re-run without regenerating the
+    # tables leaves the leaderboard and the targets report saying something the records do not.
+    from benchmark import leaderboard
+
+    results = ROOT / "results"
+    fresh = leaderboard.write(ResultStore(results).all(), tmp_path)
+    for key, path in fresh.items():
+        if key == "sharpness":  # a PNG; its bytes depend on matplotlib's build, not only on the records
+            continue
+        assert path.read_text() == (results / path.name).read_text(), \
+            f"results/{path.name} is stale: run `fipbench leaderboard` and commit it"
+    # ... and every backdoored model's records were made from one training of it (see mixed_artifacts).
+    assert leaderboard.mixed_artifacts(ResultStore(results).all()) == []
+    targets = _load("targets", monkeypatch)
+    assert targets.main(["--out", str(tmp_path / "targets.md")]) == 0
+    assert (tmp_path / "targets.md").read_text() == (results / "targets.md").read_text(), \
+        "results/targets.md is stale: run `python benchmarks/targets.py` and commit it"
