@@ -6,7 +6,7 @@ recomputed, not misread).  On disk a record also carries `digest` (benchmark/sto
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 SCHEMA_VERSION = 2  # 2: metrics.sharpness_before / sharpness_after
 
@@ -60,6 +60,11 @@ class Environment(TypedDict):
     platform: str
     device: str
     git_commit: str | None
+    # What decides floating-point rounding, so that a re-trained model's drift can be traced to its host (records
+    # from before 2026-12-05 lack them): CPU model, torch's CPU kernel ISA ("AVX2", "AVX512", ...), intra-op threads.
+    cpu: NotRequired[str]
+    cpu_capability: NotRequired[str]
+    threads: NotRequired[int]
 
 
 class Record(TypedDict):

@@ -217,7 +217,18 @@ def der(before: dict[str, float], after: dict[str, float], metric: str) -> float
 
 def environment(device: Any) -> dict[str, Any]:
     return {"torch": torch.__version__, "python": sys.version.split()[0], "platform": platform.platform(),
-            "device": str(device), "git_commit": _git_commit()}
+            "device": str(device), "git_commit": _git_commit(), "cpu": _cpu_model(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads()}
+
+
+def _cpu_model() -> str:
+    try:  # Linux names the model here; platform.processor() is often only the architecture
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _git_commit() -> str | None:

@@ -75,6 +75,20 @@ def test_record_round_trips_through_json(tiny_run):
     assert not list((results / "records").glob(".*.tmp"))  # atomic writes leave no temp files
 
 
+def test_records_name_what_decides_rounding(tiny_run):
+    # A model re-trained on another host drifts (README, "Same machine, same numbers"): records say which CPU,
+    # which of torch's kernel ISAs and how many threads made them, and old records without those still load.
+    results, _, _ = tiny_run
+    for rec in ResultStore(results).all():
+        env = rec["environment"]
+        assert env["cpu"] and env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+        assert isinstance(env["threads"], int) and env["threads"] >= 1
+        old = copy.deepcopy(rec)
+        for key in ("cpu", "cpu_capability", "threads"):
+            old["environment"].pop(key)
+        assert check_record(old) == old
+
+
 @pytest.mark.parametrize("mutate, fragment", [
     (lambda r: r.pop("metrics"), "lacks metrics"),
     (lambda r: r.update(schema_version=SCHEMA_VERSION + 1), "schema_version"),
