@@ -146,10 +146,9 @@ def hessian_max_eigenvalue(model: nn.Module, batch: Batch, task: Task, params: S
             break
         betas.append(beta)
         prev, v = v, [wi / beta for wi in w]
-    m = len(alphas)
-    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))
-    if m > 1:
-        off = torch.tensor(betas[:m - 1], dtype=torch.float64)
+    T = torch.diag(torch.tensor(alphas, dtype=torch.float64))  # [m, m] tridiagonal; len(betas) == m - 1
+    if betas:
+        off = torch.tensor(betas, dtype=torch.float64)
         T += torch.diag(off, 1) + torch.diag(off, -1)
     return float(torch.linalg.eigvalsh(T).max())
 
@@ -161,7 +160,7 @@ def hessian_trace(model: nn.Module, batch: Batch, task: Task, params: Sequence[t
     total = 0.0
     for _ in range(samples):
         v = [(torch.randint(0, 2, p.shape, generator=generator) * 2 - 1).to(p) for p in params]
-        total += float(sum((h * x).sum() for h, x in zip(_hvp(grads, params, v), v)))
+        total += _dot(_hvp(grads, params, v), v)
     return total / samples
 
 
