@@ -1,7 +1,8 @@
 """Cell selection and the run plan: `--only` / `--skip` filters and `--dry-run`'s cached/pending table.
 
 A filter is `FIELD=PATTERN[,PATTERN...]` or a bare `PATTERN`.  Fields: task, dataset, model, attack, defense,
-seed; attack and defense match the registry name or the matrix label; patterns are shell globs (`badnets*`).
+seed, artifact; attack and defense match the registry name or the matrix label, artifact the backdoored model's
+content address (every defense cell of one trained model); patterns are shell globs (`badnets*`).
 A bare pattern matches any field.  Several `--only` filters must all match (patterns within one are
 alternatives); a cell matching any `--skip` filter is dropped.
 
@@ -17,7 +18,7 @@ from collections.abc import Iterable, Sequence
 from benchmark.errors import FipbenchError, unknown_name
 from benchmark.spec import RunSpec
 
-FIELDS = ("task", "dataset", "model", "attack", "defense", "seed")
+FIELDS = ("task", "dataset", "model", "attack", "defense", "seed", "artifact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,8 @@ class CellFilter:
         """The strings of `spec` this filter looks at."""
         by_field = {"task": [spec.task], "dataset": [spec.dataset], "model": [spec.model],
                     "attack": [spec.attack.name, spec.attack.label],
-                    "defense": [spec.defense.name, spec.defense.label], "seed": [str(spec.seed)]}
+                    "defense": [spec.defense.name, spec.defense.label], "seed": [str(spec.seed)],
+                    "artifact": [spec.artifact_key()]}
         if self.field is not None:
             return by_field[self.field]
         return [v for vs in by_field.values() for v in vs]

@@ -123,7 +123,7 @@ def test_leaderboard_warns_when_one_backdoored_model_has_records_from_two_traini
     assert len(lines) == 1, lines
     assert f"backdoored model {template['artifact_key']}" in lines[0]
     assert "its 3 records come from 2 trainings (clean before 95.50 | 96.00)" in lines[0]
-    assert lines[0].endswith("--only attack=x --only seed=0")
+    assert lines[0].endswith(f"--force --only artifact={template['artifact_key']}")
     assert cli.main(["leaderboard", "--results", str(tmp_path)]) == 0
     assert capsys.readouterr().err == f"fipbench: warning: {lines[0]}\n"
 

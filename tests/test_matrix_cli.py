@@ -52,6 +52,11 @@ def test_only_and_skip_select_cells(cells):
     assert all(c.attack.name != "none" and c.task != "point_cloud" for c in skipped) and len(skipped) == 16
     assert select(cells, only=["defense=fip"], skip=["seed=0"]) == [
         c for c in cells if c.defense.name == "fip" and c.seed == 1]
+    key = next(c for c in cells if c.attack.label == "blend-soft" and c.seed == 1).artifact_key()
+    one_model = select(cells, only=[f"artifact={key}"])  # every defense cell of one backdoored model, no other
+    assert _ids(one_model) == {("image_classification", "blend-soft", d, 1)
+                               for d in ("none", "finetune", "fip", "fast_fip")}
+    assert len(select(cells, only=[f"artifact={key[:6]}*"])) == 4
 
 
 @pytest.mark.parametrize("flag, text, fragment", [
