@@ -5,7 +5,8 @@ machine, same model, same holdout.  Prints a Markdown table; not a test.
     .venv/bin/python benchmarks/fip_step_time.py --dataset cifar10 --data-root ~/data --device cuda --batch-size 128
 
 Each defense runs `--steps` optimisation steps on the dataset's defense holdout (trace term every step, so that the
-per-step figure is the cost of FIP's full objective; with the default trace_every=5 it is amortised).  On a GPU each
+per-step figure is the cost of FIP's full objective; `--trace-every 5`, the defenses' default, amortises it).
+`fast_fip factorized` is Fast FIP with `factorized: true` (see defenses/_spectral.py).  On a GPU each
 defense first runs `--warmup` untimed steps (cuDNN's algorithm search, kernel compilation); `Task.fit` reads the
 loss every step, which synchronises, so the wall time is the GPU's.
 """
@@ -23,10 +24,17 @@ from benchmark.registries import DEFENSES, TASKS
 from benchmark.rng import generator
 
 
-def _defense(name: str, steps: int, batch_size: int):
-    """`name` at `steps` steps of `batch_size`; FIP's trace term every step."""
+# row label -> (registered defense, config beyond the step budget)
+ROWS = {"finetune": ("finetune", {}), "fip": ("fip", {}), "fast_fip": ("fast_fip", {}),
+        "fast_fip factorized": ("fast_fip", {"factorized": True})}
+
+
+def _defense(row: str, steps: int, batch_size: int, trace_every: int):
+    """Row `row`'s defense at `steps` steps of `batch_size`, FIP's trace term every `trace_every` steps."""
+    name, extra = ROWS[row]
     cls = DEFENSES.get(name)
-    extra = {} if name == "finetune" else {"trace_every": 1}
+    if name != "finetune":
+        extra = {**extra, "trace_every": trace_every}
     return cls(cls.Config.from_dict({"fit": {"steps": steps, "batch_size": batch_size}, **extra}))
 
 
@@ -38,6 +46,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--data-root", type=Path, default=None, help="root of a real dataset's local files")
+    parser.add_argument("--trace-every", type=int, default=1, help="FIP's trace term every k steps (default: 1, "
+                        "the full objective's cost; the defenses' default is 5)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps per defense first (GPU only)")
     args = parser.parse_args()
     os.environ.setdefault("FIPBENCH_PROGRESS", "0")
@@ -48,19 +58,22 @@ def main() -> None:
     holdout = task.splits().holdout
     name = torch.cuda.get_device_name(task.device) if task.device.type == "cuda" else "cpu"
     print(f"device: {args.device} ({name}), torch {torch.__version__}, threads {torch.get_num_threads()}, "
-          f"{args.dataset} holdout {len(holdout)}, batch {args.batch_size}, {args.steps} steps\n")
+          f"{args.dataset} holdout {len(holdout)}, batch {args.batch_size}, {args.steps} steps, trace term every "
+          f"{args.trace_every}\n")
     print("| model | defense | tuned params | % of all | s/step | vs FIP |")
     print("|---|---|---:|---:|---:|---:|")
     for arch in args.models:
         base = task.build_model(arch, generator(0, "init"))
         total = sum(p.numel() for p in base.parameters())
         rows = {}
-        for name in ("finetune", "fip", "fast_fip"):
+        for name in ROWS:
+            rng = generator(0, ROWS[name][0])  # both Fast FIP rows see the same batches
             if args.warmup and task.device.type == "cuda":
-                _defense(name, args.warmup, args.batch_size).purify(copy.deepcopy(base), holdout, task,
-                                                                     rng=generator(0, name))
-            defense = _defense(name, args.steps, args.batch_size)
-            defense.purify(copy.deepcopy(base), holdout, task, rng=generator(0, name))
+                warm = _defense(name, args.warmup, args.batch_size, args.trace_every)
+                warm.purify(copy.deepcopy(base), holdout, task, rng=rng)
+                rng = generator(0, ROWS[name][0])
+            defense = _defense(name, args.steps, args.batch_size, args.trace_every)
+            defense.purify(copy.deepcopy(base), holdout, task, rng=rng)
             rows[name] = (defense.report["tuned_params"], defense.report["fit_seconds"] / args.steps)
         for name, (tuned, per_step) in rows.items():
             print(f"| {arch} | {name} | {tuned:,} | {100 * tuned / total:.3f} | {per_step:.4f} | "

@@ -141,7 +141,8 @@ def test_fip_terms_on_cuda_match_the_cpu():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
-def test_fast_fip_starts_exactly_and_folds_back_on_cuda(cuda_tasks, cuda_backdoors):
+@pytest.mark.parametrize("factorized", [False, True])
+def test_fast_fip_starts_exactly_and_folds_back_on_cuda(cuda_tasks, cuda_backdoors, factorized):
     from defenses import _spectral
 
     task = cuda_tasks["image"]
@@ -149,7 +150,8 @@ def test_fast_fip_starts_exactly_and_folds_back_on_cuda(cuda_tasks, cuda_backdoo
     x = task.to_device(task.collate([task.splits().test[i] for i in range(32)]))["x"]
     with torch.no_grad():
         before = model(x)
-    deltas = _spectral.apply_spectral(model)
+    deltas = _spectral.apply_spectral(model, factorized=factorized)
+    assert any(map(_spectral.is_factorized, model.modules())) == factorized
     assert deltas and all(d.is_cuda and float(d.detach().abs().max()) == 0.0 for d in deltas)
     with torch.no_grad():
         torch.testing.assert_close(model(x), before, rtol=1e-4, atol=1e-4)  # cuSOLVER's SVD, fp32

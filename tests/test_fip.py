@@ -87,6 +87,70 @@ def test_relu_clips_singular_values_at_zero():
     assert float(layer.weight.detach().abs().max()) < 1e-5
 
 
+# -- factorized execution (Fast FIP's `factorized: true`) ---------------------------------------------------------
+LAYERS = [  # (layer, input, factorized?) -- the cost rule 2·r·(m + n) < 3·m·n and the pair-of-convolutions rule
+    (lambda: nn.Conv2d(16, 32, 3, stride=2, padding=1), (4, 16, 9, 9), True),
+    (lambda: nn.Conv3d(4, 8, 3, padding=1), (2, 4, 5, 6, 6), True),
+    (lambda: nn.Conv1d(8, 16, 5, padding="same", dilation=2), (2, 8, 20), True),
+    (lambda: nn.Linear(64, 10), (3, 7, 64), True),  # leading dimensions pass through
+    (lambda: nn.Linear(32, 32), (5, 32), False),  # square: merged is cheaper
+    (lambda: nn.Conv2d(16, 16, 1), (2, 16, 5, 5), False),  # square 1×1
+    (lambda: nn.Conv2d(16, 16, 3, groups=4), (2, 16, 5, 5), False),  # grouped: not a pair of convolutions
+    (lambda: nn.Conv2d(8, 16, 3, padding=1, padding_mode="reflect"), (2, 8, 5, 5), False),
+]
+
+
+@pytest.mark.parametrize("make, shape, expected", LAYERS)
+def test_factorized_layers_compute_the_merged_function_and_gradients(make, shape, expected):
+    torch.manual_seed(0)
+    layer, x = make(), torch.randn(shape)
+    merged, fact = copy.deepcopy(layer), copy.deepcopy(layer)
+    d_merged, d_fact = _spectral.apply_spectral(merged), _spectral.apply_spectral(fact, factorized=True)
+    assert _spectral.is_factorized(fact) == _spectral.factorizes(layer) == expected
+    torch.testing.assert_close(fact(x), layer(x), rtol=1e-5, atol=1e-5)  # starts at W̄ up to rounding
+    with torch.no_grad():
+        for a, b in zip(d_merged, d_fact):
+            b.copy_(a.copy_(0.3 * torch.randn_like(a)))
+    torch.testing.assert_close(fact(x), merged(x), rtol=1e-5, atol=1e-5)
+    g_merged = torch.autograd.grad((merged(x) ** 2).sum(), d_merged)[0]
+    g_fact = torch.autograd.grad((fact(x) ** 2).sum(), d_fact)[0]
+    torch.testing.assert_close(g_fact, g_merged, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fact.weight, merged.weight)  # `.weight` reads W(δ) either way
+    clone = copy.deepcopy(fact)  # a copy's factorized forward is bound to the copy, not to the original
+    assert not _spectral.is_factorized(fact) or clone.forward.__self__ is clone
+    out = fact(x)
+    _spectral.fold(fact)
+    assert not _spectral.is_factorized(fact) and not parametrize.is_parametrized(fact)
+    torch.testing.assert_close(fact(x), out, rtol=1e-5, atol=1e-5)
+
+
+def test_factorized_trace_term_matches_the_merged_one(task, backdoored_model, splits):
+    batch = task.to_device(task.collate([splits.holdout[i] for i in range(16)]))
+    merged, fact = copy.deepcopy(backdoored_model).train(), copy.deepcopy(backdoored_model).train()
+    d_merged, d_fact = _spectral.apply_spectral(merged), _spectral.apply_spectral(fact, factorized=True)
+    assert any(_spectral.is_factorized(m) for m in fact.modules())
+    with torch.no_grad():
+        for a, b in zip(d_merged, d_fact):
+            b.copy_(a.uniform_(-0.2, 0.2, generator=generator(2, "trace")))
+    t_merged, t_fact = trace_term(merged, batch, task, d_merged), trace_term(fact, batch, task, d_fact)
+    torch.testing.assert_close(t_fact, t_merged, rtol=1e-3, atol=1e-6)
+    g_merged = torch.autograd.grad(t_merged, d_merged)
+    g_fact = torch.autograd.grad(t_fact, d_fact)
+    for a, b in zip(g_merged, g_fact):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4 * float(a.abs().max()))
+
+
+def test_factorized_fast_fip_returns_a_plain_model_and_reports_its_layers(task, backdoored_model, splits,
+                                                                           test_images):
+    cfg = FastFIPConfig.from_dict({"factorized": True, "fit": {"steps": 4, "batch_size": 16}})
+    assert "factorized" in cfg.to_dict() and "factorized" not in FastFIPConfig().to_dict()  # default: old ids
+    d = FastFIP(cfg)
+    out = d.purify(backdoored_model, splits.holdout, task, rng=generator(0, "defense"))
+    assert not any(parametrize.is_parametrized(m) or _spectral.is_factorized(m) for m in out.modules())
+    assert d.report["factorized_layers"] > 0
+    assert torch.isfinite(_outputs(out, test_images)).all()
+
+
 # -- the objective -----------------------------------------------------------------------------------------------
 def test_objective_adds_retention_every_step_and_trace_every_kth(task, backdoored_model, splits):
     model = backdoored_model.train()
