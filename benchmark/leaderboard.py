@@ -68,7 +68,8 @@ def mixed_artifacts(records: list[Record]) -> list[str]:
             cleans = " | ".join(sorted({f"{100 * b[0]:.2f}" for b in befores}))
             lines.append(f"backdoored model {key} ({s['task']}/{s['dataset']}/{s['model']} {s['attack_label']} "
                          f"seed {s['seed']}): its {len(recs)} records come from {len(befores)} trainings "
-                         f"(clean before {cleans}); re-run them together: fipbench run CONFIG --force --only artifact={key}")
+                         f"(clean before {cleans}); re-run them together: "
+                         f"fipbench run CONFIG --force --only artifact={key}")
     return lines
 
 

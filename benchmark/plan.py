@@ -41,13 +41,14 @@ class CellFilter:
 
     def values(self, spec: RunSpec) -> list[str]:
         """The strings of `spec` this filter looks at."""
-        by_field = {"task": [spec.task], "dataset": [spec.dataset], "model": [spec.model],
-                    "attack": [spec.attack.name, spec.attack.label],
-                    "defense": [spec.defense.name, spec.defense.label], "seed": [str(spec.seed)],
-                    "artifact": [spec.artifact_key()]}
+        # callables: the artifact key resolves every config and hashes it, so only a filter that asks pays for it
+        by_field = {"task": lambda: [spec.task], "dataset": lambda: [spec.dataset], "model": lambda: [spec.model],
+                    "attack": lambda: [spec.attack.name, spec.attack.label],
+                    "defense": lambda: [spec.defense.name, spec.defense.label], "seed": lambda: [str(spec.seed)],
+                    "artifact": lambda: [spec.artifact_key()]}
         if self.field is not None:
-            return by_field[self.field]
-        return [v for vs in by_field.values() for v in vs]
+            return by_field[self.field]()
+        return [v for get in by_field.values() for v in get()]
 
     def matches(self, spec: RunSpec) -> bool:
         return any(fnmatch.fnmatchcase(v, p) for v in self.values(spec) for p in self.patterns)

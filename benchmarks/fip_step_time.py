@@ -66,14 +66,12 @@ def main() -> None:
         base = task.build_model(arch, generator(0, "init"))
         total = sum(p.numel() for p in base.parameters())
         rows = {}
-        for name in ROWS:
-            rng = generator(0, ROWS[name][0])  # both Fast FIP rows see the same batches
+        for name, (registered, _) in ROWS.items():  # rng by registered name: both Fast FIP rows see the same batches
             if args.warmup and task.device.type == "cuda":
                 warm = _defense(name, args.warmup, args.batch_size, args.trace_every)
-                warm.purify(copy.deepcopy(base), holdout, task, rng=rng)
-                rng = generator(0, ROWS[name][0])
+                warm.purify(copy.deepcopy(base), holdout, task, rng=generator(0, registered))
             defense = _defense(name, args.steps, args.batch_size, args.trace_every)
-            defense.purify(copy.deepcopy(base), holdout, task, rng=rng)
+            defense.purify(copy.deepcopy(base), holdout, task, rng=generator(0, registered))
             rows[name] = (defense.report["tuned_params"], defense.report["fit_seconds"] / args.steps)
         for name, (tuned, per_step) in rows.items():
             print(f"| {arch} | {name} | {tuned:,} | {100 * tuned / total:.3f} | {per_step:.4f} | "

@@ -14,8 +14,8 @@ where the task has one (classification: E[|B|·T] = Tr F, the true Fisher's trac
 Fast FIP (`fast_fip`) trains only the singular-value shifts δ of every Conv/Linear weight
 (W = U diag(relu(σ+δ)) Vᵀ, see `defenses._spectral`), with both regularisers in δ-space, and folds the result
 back into plain layers.  By default each layer runs with the recomposed weight, whose backward computes the full
-weight gradient and projects it, so a step costs what a FIP step costs (CPU 1.00-1.03x, GPU 0.78-1.07x FIP's
-per-step time); `factorized: true` runs k×k layers as conv(Vᵀ) → × relu(σ+δ) → conv(U) and skips every
+weight gradient and projects it, so a step costs what a FIP step costs (FIP's per-step time over Fast FIP's: CPU
+0.94-1.03x, GPU 0.78-1.07x); `factorized: true` runs k×k layers as conv(Vᵀ) → × relu(σ+δ) → conv(U) and skips every
 weight-gradient convolution (the same objective, faster per step; start equal up to float rounding).
 
 Deviations from the authors' released code, on purpose: the released trace term is a zero-mean random linear
