@@ -57,7 +57,8 @@ class RayExecutor:
         if ray.is_initialized():
             return ray, False
         # Workers inherit the driver's progress setting; everything else they read from the options.
-        env = {k: v for k, v in os.environ.items() if k in ("FIPBENCH_PROGRESS", "FIPBENCH_DATA")}
+        env = {k: v for k, v in os.environ.items()
+               if k in ("FIPBENCH_PROGRESS", "FIPBENCH_PROGRESS_SECONDS", "FIPBENCH_DATA")}
         kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}, "log_to_driver": False}
         address = self.options.address
         if address not in ("auto", "local") and not _reachable(address):  # Ray itself retries for minutes
