@@ -196,10 +196,17 @@ def test_checkpoint_for_another_model_is_a_one_line_error(tmp_path):
 
 
 # -- resume --------------------------------------------------------------------------------------------------
+def _default_sigint() -> None:
+    # A shell without job control starts background commands with SIGINT ignored, and Python keeps an ignored
+    # SIGINT ignored: the child would never see the Ctrl-C this test sends when the suite itself runs in the
+    # background (`bash .ci/run &`).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _spawn(cfg: Path, results: Path, cache: Path, env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "benchmark.cli", "run", str(cfg), "--results", str(results),
                              "--cache", str(cache), "--threads", "1"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 # SIGINT (Ctrl-C) here; SIGKILL at random moments, several times, in test_repeated_random_sigkills_lose_nothing.
