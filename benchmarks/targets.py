@@ -116,7 +116,9 @@ def verdict(runs: list[Run]) -> str:
     met = sum(known)
     if met == len(runs):
         return "met"
-    judged = "" if len(known) == len(runs) else f" ({len(runs) - len(known)} seeds: {runs[0].note})"
+    # the note of the seeds left unjudged, not of the first seed (which may have been judged)
+    unjudged = [x for x in runs if x.verdict is None]
+    judged = f" ({len(unjudged)} unjudged: {unjudged[0].note})" if unjudged else ""
     return ("NOT met" if met == 0 else f"met on {met} of {len(runs)} seeds") + judged
 
 

@@ -88,6 +88,9 @@ def test_targets_judges_attacks_against_the_clean_model_and_defenses_against_the
                                                               asr=0.12)),
             ("y", "none", 0, "2026-01-01T00:00:01", dict(clean_before=0.91, asr_before=1.0)),  # 4 points under
             ("z", "fip", 0, "2026-01-01T00:00:01", dict(clean_before=0.95, asr_before=0.03, clean=0.94, asr=0.02)),
+            # seed 1 has no clean model to judge against: the verdict says so for that seed, not for seed 0
+            ("w", "none", 0, "2026-01-01T00:00:01", dict(clean_before=0.94, asr_before=1.0)),
+            ("w", "none", 1, "2026-01-01T00:00:01", dict(clean_before=0.94, asr_before=1.0)),
             # an older record of the same cell, superseded by the newer one above
             ("x", "fip", 0, "2026-01-01T00:00:00", dict(clean_before=0.93, asr_before=0.9, clean=0.5, asr=0.9))]
     for attack, defense, seed, created, metrics in rows:
@@ -96,12 +99,13 @@ def test_targets_judges_attacks_against_the_clean_model_and_defenses_against_the
     key = tuple(template["spec"][k] for k in ("task", "dataset", "model"))
     assert mod.verdict(attacks[(*key, "x")]) == "met"
     assert mod.verdict(attacks[(*key, "y")]) == "NOT met"
+    assert mod.verdict(attacks[(*key, "w")]) == "met on 1 of 2 seeds (1 unjudged: no clean model)"
     assert mod.verdict(defenses[(*key, "x", "fip", "fip")]) == "met"
     assert mod.verdict(defenses[(*key, "x", "finetune", "finetune")]) == "NOT met"  # 12 % > the baselines' 10 %
     assert mod.verdict(defenses[(*key, "z", "fip", "fip")]) == "under the bound before the defense"
     assert mod.main(["--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "1 of 3 settings met on every seed" in out and (tmp_path / "targets.md").read_text() in out
+    assert "1 of 4 settings met on every seed" in out and (tmp_path / "targets.md").read_text() in out
     assert "fip (every setting run): 1 of 1 judged rows met" in out
     assert mod.main(["--results", str(tmp_path / "nowhere")]) == 2
     assert "no records under" in capsys.readouterr().err
