@@ -93,6 +93,27 @@ def apply_spectral(model: nn.Module, factorized: bool = False) -> list[nn.Parame
     return deltas
 
 
+NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)  # BatchNorm*d, InstanceNorm*d, LN, GN
+
+
+def norm_and_bias_params(model: nn.Module) -> list[nn.Parameter]:
+    """The biases of the reparameterised layers and every normalisation layer's affine parameters, made trainable.
+
+    The authors' released spectral-shift layers freeze only the weight (a layer's bias stays trainable) and have
+    no BatchNorm counterpart, while their optimiser takes all of `model.parameters()`: read literally, their Fast
+    FIP also tunes these.  fipbench's default trains δ alone (DESIGN.md §4); this is the opt-in alternative.
+    """
+    extra = []
+    for module in model.modules():
+        if isinstance(module, SPECTRAL_LAYERS) and module.bias is not None:
+            extra.append(module.bias)
+        elif isinstance(module, NORM_LAYERS):
+            extra.extend(p for p in (module.weight, module.bias) if p is not None)
+    for p in extra:
+        p.requires_grad_(True)
+    return extra
+
+
 def is_factorized(module: nn.Module) -> bool:
     """Whether this layer currently runs factorized (installed by `apply_spectral`, removed by `fold`)."""
     own = module.__dict__.get("forward")

@@ -151,6 +151,24 @@ def test_factorized_fast_fip_returns_a_plain_model_and_reports_its_layers(task, 
     assert torch.isfinite(_outputs(out, test_images)).all()
 
 
+def test_fast_fip_can_also_tune_biases_and_norm_layers(task, backdoored_model, splits):
+    cfg = FastFIPConfig.from_dict({"tune_norm_and_bias": True, "fit": {"steps": 4, "batch_size": 16}})
+    assert "tune_norm_and_bias" in cfg.to_dict() and "tune_norm_and_bias" not in FastFIPConfig().to_dict()
+    start = copy.deepcopy(backdoored_model)
+    extra = [(n, p) for n, p in start.named_parameters()
+             if n.endswith("bias") or any(n.startswith(m) for m, mod in start.named_modules()
+                                          if m and isinstance(mod, _spectral.NORM_LAYERS))]
+    n_deltas = sum(min(m.weight.shape[0], m.weight[0].numel()) for m in start.modules()
+                   if isinstance(m, _spectral.SPECTRAL_LAYERS))
+    assert extra and n_deltas
+    d = FastFIP(cfg)
+    out = d.purify(backdoored_model, splits.holdout, task, rng=generator(0, "defense"))
+    assert d.report["tuned_params"] == n_deltas + sum(p.numel() for _, p in extra)
+    after = dict(out.named_parameters())
+    assert all(not torch.equal(p, after[n]) for n, p in extra)  # each of them was trained
+    assert all(p.requires_grad for p in out.parameters())  # folded back to a plain, trainable model
+
+
 # -- the objective -----------------------------------------------------------------------------------------------
 def test_objective_adds_retention_every_step_and_trace_every_kth(task, backdoored_model, splits):
     model = backdoored_model.train()
