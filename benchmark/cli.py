@@ -49,8 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-sharpness", dest="sharpness", action="store_false",
                      help="skip the Hessian/Fisher sharpness figures before and after each defense")
     run.add_argument("--only", action="append", default=[], metavar="FIELD=PATTERN",
-                     help="run only cells matching (fields: task, dataset, model, attack, defense, seed; globs; "
-                          "comma = or; repeat = and), e.g. --only task=point_cloud --only defense=fip,fast_fip")
+                     help="run only cells matching (fields: task, dataset, model, attack, defense, seed, artifact; "
+                          "globs; comma = or; repeat = and), e.g. --only task=point_cloud --only defense=fip,fast_fip")
     run.add_argument("--skip", action="append", default=[], metavar="FIELD=PATTERN",
                      help="drop cells matching (same syntax as --only; repeat = or)")
     run.add_argument("--dry-run", action="store_true",
