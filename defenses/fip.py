@@ -67,7 +67,8 @@ split, 10-epoch training and defaults; seeds 0 | 1, one run each): BadNets 99.1 
 Blend 99.0 / 100 | 99.0 / 100 -> FIP 97.5 / 87.8 | 98.5 / 99.9, not met (FT 98.5 / 99.9 | 99.0 / 99.9).  So at
 the same budget FIP keeps clean accuracy on the larger model (0.7-1.5 points, against 11-15 on the small CNN)
 but removes the backdoor in one run of four: the same pattern as above, a kick that happens to leave the
-backdoor's basin.  2.8 s per FIP step, 1.5 per FT step (seed 0; the seed-1 runs shared the cores).
+backdoor's basin.  The clean PreAct models lose 1.6 | 1.4 points to FIP (FT 0.1 | 0.3).  2.8 s per FIP
+step, 1.5 per FT step (seed 0; the seed-1 runs shared the cores).
 
 Fast FIP with `tune_norm_and_bias: true` (δ plus every bias and BatchNorm affine parameter, which the authors'
 released layers leave trainable: 12,125 parameters against δ's 4,307; configs/image_preact_fast_fip_params.yaml,
