@@ -21,7 +21,7 @@ import torch
 from benchmark._schema import SCHEMA_VERSION, Record
 from benchmark.cache import ArtifactCache
 from benchmark.config import stable_hash
-from benchmark.errors import NotApplicable
+from benchmark.errors import FipbenchError, NotApplicable
 from benchmark.memory import PeakMemory
 from benchmark.registries import ATTACKS, DEFENSES, TASKS
 from benchmark.rng import generator
@@ -158,6 +158,9 @@ class Runner:
             self.log(f"          no sharpness figures: {err}")
             self._no_second_order.add(artifact_key)
             return None
+        except FloatingPointError as err:  # a figure of this model only: its cell (and trained model) stand
+            self.log(f"          no sharpness figures: {err}")
+            return None
 
     def artifact(self, spec: RunSpec, task: Task, attack: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
         """The backdoored model for this spec: from the cache, or trained now and cached."""
@@ -174,6 +177,11 @@ class Runner:
         hooks = attack.train_hooks(task)
         fit = task.fit(model, poisoned, FitConfig.from_dict(spec.train, "train"), hooks=hooks,
                        generator=generator(spec.seed, "train", key), desc=f"train {spec.attack.label}")
+        if not all(bool(t.isfinite().all()) for t in model.state_dict().values() if t.is_floating_point()):
+            # Caching it would hand every defense of this artifact a model that outputs NaN.
+            raise FipbenchError(f"{spec.describe()}: training diverged (weights not finite after {fit.steps} steps, "
+                                f"last loss {fit.final_loss}); nothing was cached: lower train.lr or set "
+                                "train.grad_clip, or --skip this cell")
         manifest = {"artifact_key": key, "spec": spec.resolved(), "model": spec.model,
                     "poisoned_index_hash": poisoned.index_hash(), "n_poisoned": len(poisoned.indices),
                     "n_train": len(poisoned), "train_seconds": fit.seconds, "train_steps": fit.steps,

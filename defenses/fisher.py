@@ -123,7 +123,10 @@ def hessian_max_eigenvalue(model: nn.Module, batch: Batch, task: Task, params: S
 
     Three-term recurrence, one re-orthogonalisation against the current vector, no full re-orthogonalisation:
     that would hold `iters` copies of the parameters (1.3 GB on PreActResNet-18).  Lost orthogonality only
-    repeats converged Ritz values ("ghosts"); it does not move the largest one."""
+    repeats converged Ritz values ("ghosts"); it does not move the largest one.
+
+    A Hessian-vector product that is not finite (second derivatives overflowing at these weights) raises
+    FloatingPointError naming the step; the runner then stores the cell without sharpness figures."""
     grads = _grads_with_graph(model, batch, task, params)
     v = [torch.randn(p.shape, generator=generator).to(p) for p in params]
     norm = math.sqrt(_dot(v, v))
@@ -134,6 +137,9 @@ def hessian_max_eigenvalue(model: nn.Module, batch: Batch, task: Task, params: S
     for step in range(iters):
         w = _hvp(grads, params, v)
         alpha = _dot(w, v)
+        if not math.isfinite(alpha):
+            raise FloatingPointError(f"Hessian-vector product not finite at Lanczos step {step + 1} (vᵀHv = {alpha}); "
+                                     "the loss's second derivatives overflow at these weights")
         w = [wi - alpha * vi for wi, vi in zip(w, v)]
         if prev is not None:
             w = [wi - betas[-1] * pi for wi, pi in zip(w, prev)]
@@ -141,6 +147,8 @@ def hessian_max_eigenvalue(model: nn.Module, batch: Batch, task: Task, params: S
         w = [wi - fix * vi for wi, vi in zip(w, v)]
         alphas.append(alpha + fix)
         beta = math.sqrt(_dot(w, w))
+        if not math.isfinite(beta):
+            raise FloatingPointError(f"Lanczos vector not finite at step {step + 1} (‖w‖ = {beta})")
         scale = max(abs(a) for a in alphas) + (betas[-1] if betas else 0.0)
         if step == iters - 1 or beta <= 1e-10 * max(scale, 1e-30):  # done, or an invariant subspace: exact
             break
@@ -150,7 +158,10 @@ def hessian_max_eigenvalue(model: nn.Module, batch: Batch, task: Task, params: S
     if betas:
         off = torch.tensor(betas, dtype=torch.float64)
         T += torch.diag(off, 1) + torch.diag(off, -1)
-    return float(torch.linalg.eigvalsh(T).max())
+    try:
+        return float(torch.linalg.eigvalsh(T).max())
+    except torch.linalg.LinAlgError:  # LAPACK's divide-and-conquer can fail on a badly scaled T: the QR solver
+        return float(torch.linalg.eigvals(T).real.max())
 
 
 def hessian_trace(model: nn.Module, batch: Batch, task: Task, params: Sequence[torch.Tensor], *,
@@ -184,6 +195,9 @@ def sharpness(model: nn.Module, data: Sequence[Sample], task: Task, *, generator
             out = {"hessian_max_eig": hessian_max_eigenvalue(model, batch, task, params, generator=generator),
                    "hessian_trace": hessian_trace(model, batch, task, params, generator=generator),
                    "fisher_trace": fisher_trace(model, fixed, task, params)}
+        bad = {k: v for k, v in out.items() if not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(f"sharpness figures not finite: {bad}")
     finally:
         for p in frozen:
             p.requires_grad_(False)

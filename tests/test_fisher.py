@@ -300,3 +300,31 @@ def test_hessian_max_eigenvalue_finds_a_small_top_above_a_bulk_under_a_dominant_
     got = hessian_max_eigenvalue(model, {}, _Quadratic(h), [model.theta], generator=generator(0, "bulk"))
     assert got == pytest.approx(5.0, rel=1e-3)
     assert got <= 5.0 + 1e-9  # a Ritz value is a lower bound on λ_max
+
+
+def test_hessian_max_eigenvalue_names_a_non_finite_hessian():
+    # A loss whose second derivative overflows (h = inf) gives NaN Lanczos coefficients; LAPACK then failed with
+    # "linalg.eigh: The algorithm failed to converge", which took a whole run down after a model had trained.
+    h = torch.tensor([float("inf"), 1.0, 0.5], dtype=torch.float64)
+    model = nn.Module()
+    model.theta = nn.Parameter(torch.ones(3, dtype=torch.float64))
+    with pytest.raises(FloatingPointError, match="not finite at Lanczos step 1"):
+        hessian_max_eigenvalue(model, {}, _Quadratic(h), [model.theta], generator=generator(0, "inf"))
+
+
+def test_a_non_finite_sharpness_figure_is_logged_and_the_cell_stands(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import defenses.fisher as fisher
+    from benchmark.runner import Runner
+
+    def overflow(*args, **kwargs):
+        raise FloatingPointError("sharpness figures not finite: {'hessian_trace': nan}")
+
+    monkeypatch.setattr(fisher, "sharpness", overflow)
+    lines: list[str] = []
+    runner = Runner(tmp_path / "results", tmp_path / "cache", log=lines.append)
+    task = SimpleNamespace(splits=lambda: SimpleNamespace(holdout=[]), sharpness_batch=1)
+    assert runner.measure_sharpness(task, nn.Linear(1, 1), 0, "key") is None  # type: ignore[arg-type]
+    assert lines == ["          no sharpness figures: sharpness figures not finite: {'hessian_trace': nan}"]
+    assert "key" not in runner._no_second_order  # a figure of this model, not a model without second derivatives

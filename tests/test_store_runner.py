@@ -333,3 +333,14 @@ def test_a_defense_that_does_not_fit_the_model_is_a_skipped_record(tiny_run, tmp
     assert ft["metrics"]["sharpness_before"] is None and ft["metrics"]["sharpness_after"] is None
     assert "no sharpness figures: the sharpness figures cannot run: it needs second derivatives" in \
         capsys.readouterr().out
+
+
+def test_a_diverged_training_is_a_one_line_error_and_nothing_is_cached(tmp_path, capsys):
+    # Input-aware all-to-all on mnist5k seed 1 reached loss NaN late in training; its NaN model was cached and
+    # every defense cell of it then recorded 10 % accuracy (FIP failed outright on NaN probabilities).
+    (tmp_path / "m.yaml").write_text(tiny_matrix("[badnets]", "[none]").replace("lr: 0.05", "lr: 1.0e+30"))
+    assert main(["run", str(tmp_path / "m.yaml"), "--results", str(tmp_path / "r"),
+                 "--cache", str(tmp_path / "c")]) != 0
+    err = capsys.readouterr().err
+    assert "training diverged (weights not finite after" in err and "nothing was cached" in err
+    assert not list((tmp_path / "c").glob("*/manifest.json")) and not list((tmp_path / "r").rglob("*.json"))
