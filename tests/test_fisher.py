@@ -328,3 +328,16 @@ def test_a_non_finite_sharpness_figure_is_logged_and_the_cell_stands(monkeypatch
     assert runner.measure_sharpness(task, nn.Linear(1, 1), 0, "key") is None  # type: ignore[arg-type]
     assert lines == ["          no sharpness figures: sharpness figures not finite: {'hessian_trace': nan}"]
     assert "key" not in runner._no_second_order  # a figure of this model, not a model without second derivatives
+
+
+def test_hessian_max_eigenvalue_falls_back_to_the_qr_solver_when_lapack_fails(monkeypatch):
+    def failing(*args, **kwargs):
+        raise torch.linalg.LinAlgError("linalg.eigh: The algorithm failed to converge (error code: 28)")
+
+    h = torch.tensor([-10.0, 3.0, 1.0, 0.5], dtype=torch.float64)
+    model = nn.Module()
+    model.theta = nn.Parameter(torch.ones(4, dtype=torch.float64))
+    expected = hessian_max_eigenvalue(model, {}, _Quadratic(h), [model.theta], generator=generator(0, "saddle"))
+    monkeypatch.setattr(torch.linalg, "eigvalsh", failing)
+    got = hessian_max_eigenvalue(model, {}, _Quadratic(h), [model.theta], generator=generator(0, "saddle"))
+    assert got == pytest.approx(expected, rel=1e-9) and got == pytest.approx(3.0, rel=1e-6)
