@@ -147,19 +147,17 @@ class Runner:
 
     def measure_sharpness(self, task: Task, model: torch.nn.Module, seed: int,
                           artifact_key: str) -> dict[str, float] | None:
-        """The sharpness figures, or None (logged) where the model has no second derivatives; the artifact is
-        then remembered, so that its other cells do not try again."""
+        """The sharpness figures, or None (logged) where the model has no second derivatives (the artifact is
+        then remembered, so that its other cells do not try again) or a figure is not finite."""
         from defenses.fisher import sharpness
 
         try:
             return sharpness(model, task.splits().holdout, task, generator=generator(seed, "sharpness"),
                              batch_size=task.sharpness_batch)
-        except NotApplicable as err:
+        except (NotApplicable, FloatingPointError) as err:  # either way the cell (and trained model) stand
             self.log(f"          no sharpness figures: {err}")
-            self._no_second_order.add(artifact_key)
-            return None
-        except FloatingPointError as err:  # a figure of this model only: its cell (and trained model) stand
-            self.log(f"          no sharpness figures: {err}")
+            if isinstance(err, NotApplicable):  # no second derivatives at all, not just non-finite ones here
+                self._no_second_order.add(artifact_key)
             return None
 
     def artifact(self, spec: RunSpec, task: Task, attack: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
