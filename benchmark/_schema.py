@@ -71,8 +71,10 @@ class Record(TypedDict):
     schema_version: int
     cell_id: str
     artifact_key: str
-    status: Literal["ok", "skipped"]
-    reason: str | None  # why a cell was skipped (defense not applicable to the task)
+    # ok: metrics and timings; skipped: the defense does not apply (modality, architecture); failed: the attack's
+    # or the defense's training diverged (timings only when the defense ran).  Neither of the last two has metrics.
+    status: Literal["ok", "skipped", "failed"]
+    reason: str | None  # why a cell was skipped or failed (one line)
     spec: SpecRecord
     config: dict[str, Any]  # resolved configs of task, train, attack, defense (defaults filled in)
     config_hash: str
@@ -81,7 +83,7 @@ class Record(TypedDict):
     defense_report: dict[str, Any]  # tuned_params, steps, ... as reported by the defense
     timings: Timings | None
     environment: Environment
-    poisoned_index_hash: str
+    poisoned_index_hash: str | None  # None only where the attack failed before it poisoned anything
     created: str  # ISO-8601 UTC
 
 
@@ -96,6 +98,10 @@ def check_record(rec: Any) -> Record:
     _check_typed(rec, Record, "record")
     _check_typed(rec["spec"], SpecRecord, "spec")
     _check_typed(rec["versions"], Versions, "versions")
+    if rec["status"] not in ("ok", "skipped", "failed"):
+        raise ValueError(f"status {rec['status']!r} is not ok, skipped or failed")
+    if rec["status"] != "ok" and not isinstance(rec["reason"], str):
+        raise ValueError(f"a {rec['status']!r} record needs its reason")
     if rec["status"] == "ok":
         if rec["metrics"] is None or rec["timings"] is None:
             raise ValueError("an 'ok' record needs metrics and timings")

@@ -5,6 +5,9 @@
                                                only for attacks that learn one
     <cache>/<artifact_key>/manifest.json       spec, poisoned-index hash, versions, sha256 of both files,
                                                before-defense metrics, training time
+    <cache>/<artifact_key>/failed.json         instead of the three: its training diverged (reason, spec,
+                                               poisoned-index hash), so that the artifact's other cells fail
+                                               at once rather than train it again; delete it to retry
 
 An artifact directory appears atomically (built in a temp dir, then renamed), so a killed run leaves either a
 complete artifact or none.  Loading re-hashes the weights: an artifact whose file does not match its manifest
@@ -37,6 +40,23 @@ class ArtifactCache:
     def has(self, key: str) -> bool:
         """A complete-looking artifact is present (cheap: the weights are re-hashed only by `load`)."""
         return (self.dir(key) / "manifest.json").is_file()
+
+    def failure(self, key: str) -> dict[str, Any] | None:
+        """What `save_failure` wrote for this key (its "reason" and "poisoned_index_hash"), or None."""
+        import json
+
+        try:
+            failure = json.loads((self.dir(key) / "failed.json").read_text())
+        except (OSError, ValueError):
+            return None
+        return failure if isinstance(failure, dict) and isinstance(failure.get("reason"), str) else None
+
+    def save_failure(self, key: str, failure: dict[str, Any]) -> Path:
+        """Remember that this artifact cannot be trained as specified (a later `save` replaces the folder)."""
+        path = self.dir(key) / "failed.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, failure)
+        return path
 
     def load(self, key: str, model: nn.Module, attack: Any = None) -> dict[str, Any] | None:
         """Fill `model` (and `attack`'s learned trigger state) from the cache and return the manifest, or None

@@ -155,11 +155,15 @@ def _run(args: argparse.Namespace) -> int:
                                             gpus_per_cell=gpus, retries=args.retries, workers=args.workers))
     print(f"fipbench: {matrix.name}: {len(cells)} of {len(matrix.cells)} cells -> {args.results}/records "
           f"({args.executor} executor)")
-    runner.run(cells, executor)
+    failed = [r for r in runner.run(cells, executor) if r["status"] == "failed"]
     records = runner.store.all()
     paths = leaderboard.write(records, args.results)
     print(f"fipbench: leaderboard written to {', '.join(str(p) for k, p in paths.items() if k != 'sharpness')}")
     _warn_mixed(records)
+    if failed:  # every other cell finished; the exit status tells scripts that these did not
+        print(f"fipbench: {len(failed)} of {len(cells)} cells failed (recorded with their reasons; the leaderboard "
+              f"lists them): {failed[0]['reason']}" + (" ..." if len(failed) > 1 else ""), file=sys.stderr)
+        return 1
     return 0
 
 

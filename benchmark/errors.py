@@ -23,6 +23,12 @@ class NotApplicable(FipbenchError):
     the reason, as it does for an unsupported modality, and the run goes on."""
 
 
+class Diverged(FipbenchError):
+    """Training left the finite numbers: a loss, a model output or a weight became NaN or infinite (an attack's
+    training or a defense's).  Running the same spec again reproduces it, so the runner records the cell as
+    failed with this message as the reason and the run goes on; any other error stops the run."""
+
+
 def unknown_name(kind: str, name: str, known: Iterable[str], where: str = "") -> FipbenchError:
     """`unknown attack 'badnet' (did you mean 'badnets'?); known: badnets, blend`."""
     known = sorted(known)

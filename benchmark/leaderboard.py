@@ -39,12 +39,12 @@ def _arrow(before: float, after: float) -> str:
     return f"{before:.0f} → {after:.0f}"
 
 
-def latest(records: list[Record]) -> list[Record]:
-    """The ok records, oldest first, only the newest per (task, dataset, model, attack label, defense label, seed):
-    a cell re-run under a changed config leaves an older record with the same labels and seed, which must not be
-    counted as if it were another seed."""
+def latest(records: list[Record], statuses: tuple[str, ...] = ("ok",)) -> list[Record]:
+    """The records of `statuses`, oldest first, only the newest per (task, dataset, model, attack label, defense
+    label, seed): a cell re-run under a changed config leaves an older record with the same labels and seed,
+    which must not be counted as if it were another seed (nor a failure that a later run mended)."""
     keep: dict[tuple, Record] = {}
-    for r in sorted((r for r in records if r["status"] == "ok"), key=lambda r: r["created"]):
+    for r in sorted((r for r in records if r["status"] in statuses), key=lambda r: r["created"]):
         s = r["spec"]
         keep[(s["task"], s["dataset"], s["model"], s["attack_label"], s["defense_label"], s["seed"])] = r
     return sorted(keep.values(), key=lambda r: r["created"])
@@ -74,33 +74,60 @@ def mixed_artifacts(records: list[Record]) -> list[str]:
 
 
 def frame(records: list[Record]):
-    """One row per ok record (the newest of each cell, see `latest`): keys, metric name, and the VALUES columns
-    (scaled)."""
+    """One row per ok or failed record (the newest of each cell, see `latest`): keys, metric name, `failed`, and
+    the VALUES columns (scaled; empty for a failed cell)."""
     import pandas as pd
 
+    metric_of = {(r["spec"]["task"], r["spec"]["dataset"]): r["metrics"]["metric_name"] for r in latest(records)}
     rows = []
-    for r in latest(records):
+    for r in latest(records, ("ok", "failed")):
         s = r["spec"]
+        ok = r["status"] == "ok"
+        # A failed cell has no metrics: it takes its task's metric name from an ok record, so that it joins its
+        # siblings' row; "?" where none exists.
+        metric = r["metrics"]["metric_name"] if ok else metric_of.get((s["task"], s["dataset"]), "?")
         row = {"task": s["task"], "dataset": s["dataset"], "model": s["model"], "attack": s["attack_label"],
-               "defense": s["defense_label"], "seed": s["seed"], "metric": r["metrics"]["metric_name"]}
+               "defense": s["defense_label"], "seed": s["seed"], "metric": metric, "failed": not ok}
         for col, (get, scale) in VALUES.items():
-            v = get(r)
+            v = get(r) if ok else None
             row[col] = None if v is None else v * scale
         rows.append(row)
-    return pd.DataFrame(rows, columns=KEYS + ["seed", "metric", *VALUES])
+    return pd.DataFrame(rows, columns=KEYS + ["seed", "metric", "failed", *VALUES])
 
 
 def aggregate(records: list[Record]):
-    """Mean and std over seeds per (task, dataset, model, attack, defense); `n` counts seeds."""
+    """Mean and std over seeds per (task, dataset, model, attack, defense), of the seeds that finished: `n`
+    counts them, `failed` the seeds whose cell failed (their row has no values when no seed finished)."""
     df = frame(records)
     if df.empty:
         return df
     num = df[list(VALUES)].apply(lambda c: c.astype(float))
-    df = df[KEYS + ["metric"]].join(num)
+    df = df[KEYS + ["metric", "failed"]].join(num)
     g = df.groupby(KEYS + ["metric"], sort=False, dropna=False)
     out = g[list(VALUES)].mean().add_suffix("_mean").join(g[list(VALUES)].std(ddof=0).add_suffix("_std"))
-    out["n"] = g.size()
+    out["failed"] = g["failed"].sum().astype(int)
+    out["n"] = g.size() - out["failed"]
     return out.reset_index().sort_values(KEYS, kind="stable", ignore_index=True)
+
+
+def failures(records: list[Record]) -> str:
+    """A Markdown section listing each failed cell (the newest record of its labels and seed) with its reason;
+    empty when none failed."""
+    failed = [r for r in latest(records, ("ok", "failed")) if r["status"] == "failed"]
+    if not failed:
+        return ""
+    lines = ["", "## Failed cells", "", "Recorded, not scored: training diverged (the reason says whose). `fipbench run "
+             "CONFIG --force --only ...` runs a cell again.", ""]
+    for r in sorted(failed, key=lambda r: [str(r["spec"][k]) for k in ("task", "dataset", "model", "attack_label",
+                                                                         "defense_label", "seed")]):
+        s = r["spec"]
+        lines.append(f"- {s['task']} / {s['dataset']} / {s['model']} / {s['attack_label']} / {s['defense_label']} / "
+                     f"seed {s['seed']}: {r['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def _seeds(n: int, failed: int) -> str:
+    return f"{n} + {failed} failed" if failed else str(n)
 
 
 def _pm(mean: float, std: float, digits: int) -> str:
@@ -112,7 +139,8 @@ def _pm(mean: float, std: float, digits: int) -> str:
 def _rate_columns(part, unit: str) -> dict[str, list[str]]:
     """Clean metric, ASR, RA and DER as "mean ± std" strings, headed e.g. "ASR %" (unit "%")."""
     metric = part["metric"].iloc[0]
-    return {f"{name} {unit}": [_pm(m, s, 2) for m, s in zip(part[f"{col}_mean"], part[f"{col}_std"])]
+    return {f"{name} {unit}": [_pm(m, s, 2) if n else "failed"  # no seed finished: every one failed
+                               for m, s, n in zip(part[f"{col}_mean"], part[f"{col}_std"], part["n"])]
             for name, col in ((f"clean {metric}", "clean"), ("ASR", "asr"), ("RA", "ra"), ("DER", "der"))}
 
 
@@ -127,7 +155,7 @@ def markdown(agg) -> str:
             "tuned params": [("–" if p != p else f"{int(p):,}") for p in part.tuned_params_mean],
             "λmax": [_arrow(b, a) for b, a in zip(part.eig_before_mean, part.eig_mean)],
             "Tr H": [_arrow(b, a) for b, a in zip(part.trace_h_before_mean, part.trace_h_mean)],
-            "seeds": part.n,
+            "seeds": [_seeds(n, f) for n, f in zip(part.n, part.failed)],
         })[["attack", "defense", f"clean {metric} %", "ASR %", "RA %", "DER %", "defense s", "tuned params",
             "λmax", "Tr H", "seeds"]]
         lines += [f"## {task} — {dataset} — {model}", "", table.to_markdown(index=False), ""]
@@ -209,7 +237,7 @@ def write(records: list[Record], results: Path) -> dict[str, Path]:
     paths = {"md": results / "leaderboard.md", "csv": results / "leaderboard.csv",
              "tex": results / "leaderboard.tex", "ranking": results / "ranking.md",
              "html": results / "leaderboard.html", "sharpness": results / "sharpness.png"}
-    atomic_write_bytes(paths["md"], (header + markdown(agg)).encode())
+    atomic_write_bytes(paths["md"], (header + markdown(agg) + failures(records)).encode())
     atomic_write_bytes(paths["csv"], agg.to_csv(index=False).encode())
     atomic_write_bytes(paths["tex"], latex(agg).encode())
     atomic_write_bytes(paths["ranking"], ranking_markdown(rank).encode())

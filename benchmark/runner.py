@@ -2,6 +2,9 @@
 
 Cells whose record exists are skipped (unless `force`), so an interrupted run resumes where it stopped; an
 attack artifact is shared by every defense of the same (task, dataset, model, attack, seed, train config).
+A cell whose training diverges (the attack's or the defense's, see `Diverged`) is recorded with status "failed"
+and its reason, like a finished one, and the run goes on; a backdoored model that failed to train is
+remembered in the cache, so its other cells fail without training it again.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import torch
 from benchmark._schema import SCHEMA_VERSION, Record
 from benchmark.cache import ArtifactCache
 from benchmark.config import stable_hash
-from benchmark.errors import FipbenchError, NotApplicable
+from benchmark.errors import Diverged, NotApplicable
 from benchmark.memory import PeakMemory
 from benchmark.registries import ATTACKS, DEFENSES, TASKS
 from benchmark.rng import generator
@@ -56,7 +59,9 @@ class Runner:
             else:
                 records[spec.cell_id()] = existing
         if records:
-            self.log(f"          {len(records)} of {len(cells)} cells already have records (cached)")
+            failed = sum(r["status"] == "failed" for r in records.values())
+            self.log(f"          {len(records)} of {len(cells)} cells already have records (cached"
+                     + (f"; {failed} of them failed, --force runs them again)" if failed else ")"))
             # A cell id names what was run, not where: figures made on another kind of device stand as they are.
             here = str(self.device).split(":")[0]
             elsewhere = sorted({k for r in records.values() if (k := _device_kind(r)) not in (None, here)})
@@ -72,7 +77,7 @@ class Runner:
                 self.log(f"          {m['metric_name']}={m['clean']:.4f} asr={_fmt(m['asr'])} ra={_fmt(m['ra'])} "
                          f"({record['timings']['defense_seconds']:.1f}s defense)")  # type: ignore[index]
             else:
-                self.log(f"          skipped: {record['reason']}")
+                self.log(f"          {record['status']}: {record['reason']}")
         return [records[spec.cell_id()] for spec in cells]
 
     def worker_options(self) -> dict[str, Any]:
@@ -89,10 +94,14 @@ class Runner:
         attack_cls = ATTACKS.get(spec.attack.name)
         attack = attack_cls(attack_cls.Config.from_dict(spec.attack.config), seed=spec.seed)
         attack.check_task(task)
-        model, manifest = self.artifact(spec, task, attack)
-
         defense_cls = DEFENSES.get(spec.defense.name)
         defense = defense_cls(defense_cls.Config.from_dict(spec.defense.config))
+        try:
+            model, manifest = self.artifact(spec, task, attack)
+        except Diverged as err:  # `artifact` remembered the failure, with what the record needs
+            failure = self.cache.failure(spec.artifact_key()) or {"artifact_key": spec.artifact_key(),
+                                                                   "poisoned_index_hash": None}
+            return _failed(self._base_record(spec, resolved, failure), str(err), None)
         base = self._base_record(spec, resolved, manifest)
         reason = defense.unsupported_reason(task)
         if reason:
@@ -100,14 +109,24 @@ class Runner:
 
         original, model = model, copy.deepcopy(model)
         start = time.perf_counter()
+        diverged = None
         try:
             with PeakMemory(task.device) as memory:
                 # The defense sees the clean holdout only: never the poisoned training split or the test split.
                 model = defense.purify(model, splits.holdout, task,
                                        rng=generator(spec.seed, "defense", spec.defense.name))
+            if not _finite(model):  # a defense with its own loop: evaluating it would score NaN outputs
+                raise Diverged("weights not finite after the defense")
         except NotApplicable as err:  # the method does not fit this architecture: a skip, like a modality
             return _skipped(base, str(err))
+        except Diverged as err:
+            diverged = err
         seconds = time.perf_counter() - start
+        timings = {"defense_seconds": seconds, "attack_train_seconds": manifest["train_seconds"],
+                   "max_rss_mb": memory.cpu_mb, "cuda_peak_mb": memory.cuda_mb}
+        if diverged is not None:
+            return _failed(base, f"{spec.describe()}: the defense diverged ({diverged}); try a lower lr or "
+                                 f"weaker regularisers in its config", timings)
         after = self.evaluate(task, attack, model)
         before = manifest["metrics_before"]
         sharp_before = sharp_after = None
@@ -124,8 +143,6 @@ class Runner:
                    "der": der(before, after, task.metric_name),
                    "sharpness_before": sharp_before, "sharpness_after": sharp_after,
                    "extra": {k: v for k, v in after.items() if k not in (task.metric_name, "asr", "ra")}}
-        timings = {"defense_seconds": seconds, "attack_train_seconds": manifest["train_seconds"],
-                   "max_rss_mb": memory.cpu_mb, "cuda_peak_mb": memory.cuda_mb}
         return {**base, "status": "ok", "reason": None, "metrics": metrics,  # type: ignore[typeddict-item]
                 "timings": timings, "defense_report": defense.report}
 
@@ -161,25 +178,38 @@ class Runner:
             return None
 
     def artifact(self, spec: RunSpec, task: Task, attack: Any) -> tuple[torch.nn.Module, dict[str, Any]]:
-        """The backdoored model for this spec: from the cache, or trained now and cached."""
+        """The backdoored model for this spec: from the cache, or trained now and cached.  Raises `Diverged`
+        when its training diverges (now, or in an earlier run: the cache remembers it)."""
         key = spec.artifact_key()
         model = task.build_model(spec.model, generator(spec.seed, "init", spec.model))
         manifest = self.cache.load(key, model, attack)
         if manifest is not None:
             return model.to(task.device).eval(), manifest
+        failure = self.cache.failure(key)
+        if failure is not None:
+            self.log(f"          backdoored model {key} failed to train before; delete "
+                     f"{self.cache.dir(key) / 'failed.json'} to try again")
+            raise Diverged(failure["reason"])
         self.log(f"          training backdoored model {spec.model} / {spec.attack.label} (artifact {key})")
         start = time.perf_counter()
-        attack.prepare(task, task.splits().train, generator=generator(spec.seed, "attack-prepare", key))
-        prepare_seconds = time.perf_counter() - start
-        poisoned = attack.poison(task, task.splits().train)
-        hooks = attack.train_hooks(task)
-        fit = task.fit(model, poisoned, FitConfig.from_dict(spec.train, "train"), hooks=hooks,
-                       generator=generator(spec.seed, "train", key), desc=f"train {spec.attack.label}")
-        if not all(bool(t.isfinite().all()) for t in model.state_dict().values() if t.is_floating_point()):
-            # Caching it would hand every defense of this artifact a model that outputs NaN.
-            raise FipbenchError(f"{spec.describe()}: training diverged (weights not finite after {fit.steps} steps, "
-                                f"last loss {fit.final_loss}); nothing was cached: lower train.lr or set "
-                                "train.grad_clip, or --skip this cell")
+        poisoned = None
+        try:
+            attack.prepare(task, task.splits().train, generator=generator(spec.seed, "attack-prepare", key))
+            prepare_seconds = time.perf_counter() - start
+            poisoned = attack.poison(task, task.splits().train)
+            hooks = attack.train_hooks(task)
+            fit = task.fit(model, poisoned, FitConfig.from_dict(spec.train, "train"), hooks=hooks,
+                           generator=generator(spec.seed, "train", key), desc=f"train {spec.attack.label}")
+            if not _finite(model):  # caching it would hand every defense of this artifact a model that outputs NaN
+                raise Diverged(f"weights not finite after {fit.steps} steps, last loss {fit.final_loss}")
+        except Diverged as err:
+            reason = (f"{spec.task}/{spec.dataset}/{spec.model} attack={spec.attack.label} seed={spec.seed}: training "
+                      f"the backdoored model diverged ({err}); nothing was cached: lower train.lr or set "
+                      f"train.grad_clip")
+            self.cache.save_failure(key, {"artifact_key": key, "reason": reason, "spec": spec.resolved(),
+                                          "poisoned_index_hash": None if poisoned is None else poisoned.index_hash(),
+                                          "environment": environment(task.device)})
+            raise Diverged(reason) from None
         manifest = {"artifact_key": key, "spec": spec.resolved(), "model": spec.model,
                     "poisoned_index_hash": poisoned.index_hash(), "n_poisoned": len(poisoned.indices),
                     "n_train": len(poisoned), "train_seconds": fit.seconds, "train_steps": fit.steps,
@@ -204,6 +234,11 @@ class Runner:
             "poisoned_index_hash": manifest["poisoned_index_hash"],
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         }
+
+
+def _finite(model: torch.nn.Module) -> bool:
+    """Every floating-point weight and buffer is finite."""
+    return all(bool(t.isfinite().all()) for t in model.state_dict().values() if t.is_floating_point())
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -269,3 +304,8 @@ def _fmt(x: float | None) -> str:
 def _skipped(base: dict[str, Any], reason: str) -> dict[str, Any]:
     """The record of a cell whose defense does not apply (its modality, or the model's architecture)."""
     return {**base, "status": "skipped", "reason": reason, "metrics": None, "timings": None, "defense_report": {}}
+
+
+def _failed(base: dict[str, Any], reason: str, timings: dict[str, Any] | None) -> dict[str, Any]:
+    """The record of a cell whose attack training (timings None) or defense (its timings) diverged."""
+    return {**base, "status": "failed", "reason": reason, "metrics": None, "timings": timings, "defense_report": {}}

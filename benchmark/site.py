@@ -19,7 +19,7 @@ CELL_COLUMNS = [
     ("clean", "clean %", "clean_mean", 2), ("asr", "ASR %", "asr_mean", 2), ("ra", "RA %", "ra_mean", 2),
     ("der", "DER %", "der_mean", 2), ("defense_s", "defense s", "defense_s_mean", 1),
     ("tuned_params", "tuned params", "tuned_params_mean", 0), ("eig_before", "λmax before", "eig_before_mean", 0),
-    ("eig", "λmax after", "eig_mean", 0), ("seeds", "seeds", "n", 0),
+    ("eig", "λmax after", "eig_mean", 0), ("seeds", "seeds", "n", 0), ("failed", "failed seeds", "failed", 0),
 ]
 RANK_COLUMNS = [
     ("rank", "rank", "rank", 0), ("defense", "defense", "defense", None), ("der", "DER %", "der", 2),

@@ -57,9 +57,12 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
              "", "| seed | attack | budget | defense | clean acc % | ASR % | DER % | wall s |",
              "|---:|---|---|---|---:|---:|---:|---:|"]
     for r in rows:
+        if r["acc"] is None:  # a failed cell (its training diverged): the reason instead of figures
+            lines.append(f"| {r['seed']} | {r['attack']} | {r['budget']} | {r['defense']} | failed: {r['reason']} |||")
+            continue
         lines.append(f"| {r['seed']} | {r['attack']} | {r['budget']} | {r['defense']} | {100 * r['acc']:.1f} | "
                      f"{100 * r['asr']:.1f} | {100 * r['der']:.1f} | {r['seconds']:.0f} |")
-    befores = {(r["seed"], r["attack"], r["acc_before"], r["asr_before"]) for r in rows}
+    befores = {(r["seed"], r["attack"], r["acc_before"], r["asr_before"]) for r in rows if r["acc"] is not None}
     lines += [""] + [f"Backdoored model ({a}, seed {seed}): clean acc {100 * acc:.1f} %, ASR {100 * asr:.1f} %."
                      for seed, a, acc, asr in sorted(befores)]
     return "\n".join(lines) + "\n"
@@ -74,6 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = []
     for (label, spec), rec in zip(labelled, records):
+        if rec["status"] != "ok":
+            rows.append({"seed": spec.seed, "attack": spec.attack.label, "budget": label,
+                         "defense": spec.defense.label, "acc": None, "reason": rec["reason"]})
+            continue
         m = rec["metrics"]
         rows.append({"seed": spec.seed, "attack": spec.attack.label, "budget": label, "defense": spec.defense.label,
                      "fit": rec["config"]["defense"]["config"]["fit"], "acc": m["clean"], "asr": m["asr"],

@@ -55,7 +55,7 @@ def table(records: list[dict]) -> list[dict]:
     rows = []
     for r in records:
         if r["status"] != "ok":
-            rows.append({"defense": r["spec"]["defense"], "skipped": r["reason"]})
+            rows.append({"defense": r["spec"]["defense"], "skipped": f"{r['status']}: {r['reason']}"})
             continue
         m, t, rep = r["metrics"], r["timings"], r["defense_report"]
         steps = rep.get("steps")
@@ -78,7 +78,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, device: str) -> str:
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         if "skipped" in r:
-            lines.append(f"| {r['defense']} | skipped: {r['skipped']} |||||||| ")
+            lines.append(f"| {r['defense']} | {r['skipped']} |||||||| ")
             continue
         lines.append(f"| {r['defense']} | {r['seconds']:.1f} | {f(r['steps'], 'd')} | {f(r['s_per_step'], '.3f')} | "
                      f"{r['peak_mb']:.0f} | {f(r['tuned_params'], ',')} | {100 * r['acc']:.2f} | "

@@ -12,6 +12,8 @@ Targets (the task issues' "what it must show"; clean metric in points: top-1 %, 
 - any other defense: ASR <= `baseline_asr` with the same drop bound as FIP.
 A defense run on a backdoored model whose ASR was already under the bound is not judged ("under the bound
 before the defense": CLB and BppAttack on mnist5k).
+A cell recorded as failed (its training diverged, see benchmark/runner.py) fails its target: a backdoored
+model that did not train fails the attack's, a defense that diverged fails the defense's; both show "failed".
 A setting or defense row is "met" when every seed it was run on meets the target, "met on k of n seeds" when
 some do.  Issue 2's stricter bar for BadNets and Blend on the quick preset (ASR >= 95 % within 2 points) is
 not applied here.  Writes results/targets.md and prints it.
@@ -54,9 +56,9 @@ FIP_FAMILY = {"fip", "fast_fip"}
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One seed of one cell, clean metric and ASR in points."""
+    """One seed of one cell, clean metric and ASR in points (None: the cell failed)."""
     seed: int
-    clean: float
+    clean: float | None
     asr: float | None
     verdict: bool | None  # None: nothing to judge, `note` says why
     note: str = ""
@@ -81,8 +83,9 @@ def _pts(x: float | None) -> float | None:
 def check(records: list[dict]) -> tuple[dict, dict]:
     """(attack rows, defense rows): {(task, dataset, model, attack label[, defense label, defense name]): [Run
     per seed]}."""
-    records = latest(records)
-    clean_ref = {_group(r): _pts(r["metrics"]["clean_before"]) for r in records if r["spec"]["attack"] == "none"}
+    records = latest(records, ("ok", "failed"))
+    clean_ref = {_group(r): _pts(r["metrics"]["clean_before"]) for r in records
+                 if r["spec"]["attack"] == "none" and r["status"] == "ok"}
     attacks: dict[tuple, dict[int, Run]] = defaultdict(dict)
     defenses: dict[tuple, list[Run]] = defaultdict(list)
     for r in records:
@@ -91,6 +94,12 @@ def check(records: list[dict]) -> tuple[dict, dict]:
         if t is None or s["attack"] == "none":
             continue
         key = (s["task"], s["dataset"], s["model"], s["attack_label"])
+        if r["status"] == "failed":
+            if r["timings"] is None:  # the backdoored model's training diverged: no defense ran
+                attacks[key][s["seed"]] = Run(s["seed"], None, None, False, "failed")
+            elif s["defense"] != "none":
+                defenses[(*key, s["defense_label"], s["defense"])].append(Run(s["seed"], None, None, False, "failed"))
+            continue
         before, asr_before = _pts(m["clean_before"]), _pts(m["asr_before"])
         ref = clean_ref.get(_group(r))
         ok = None if ref is None or asr_before is None else \
@@ -123,7 +132,7 @@ def verdict(runs: list[Run]) -> str:
 
 
 def _cell(runs: list[Run]) -> str:
-    return " \\| ".join(f"{x.clean:.1f} / {x.asr:.1f}" for x in runs)
+    return " \\| ".join("failed" if x.clean is None else f"{x.clean:.1f} / {x.asr:.1f}" for x in runs)
 
 
 def markdown(attacks: dict, defenses: dict, task: str | None = None) -> str:

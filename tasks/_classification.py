@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.errors import FipbenchError
+from benchmark.errors import Diverged, FipbenchError
 from benchmark.registries import MODELS
 from benchmark.rng import generator as rng
 from tasks._samples import as_samples, stratified_split
@@ -123,6 +123,8 @@ class ClassificationTask(Task):
     def sample_model_labels(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Batch:
         with torch.no_grad():
             probs = model(batch["x"]).softmax(dim=1).cpu()  # [B,K]
+        if not bool(probs.isfinite().all()):  # the weights went non-finite in the step before
+            raise Diverged("model outputs not finite (predictive distribution for the Fisher's labels)")
         y = torch.multinomial(probs, 1, generator=generator).flatten().to(batch["y"].device)
         return {**batch, "y": y}
 

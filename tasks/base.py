@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from benchmark.config import Config
-from benchmark.errors import FipbenchError
+from benchmark.errors import Diverged, FipbenchError
 
 Batch = dict[str, Any]  # tensors on the task's device; task-specific keys (e.g. "x" [B,C,H,W], "y" [B])
 
@@ -215,6 +215,7 @@ class Task(abc.ABC):
             generator: torch.Generator, params: Iterable[nn.Parameter] | None = None,
             desc: str = "train") -> FitResult:
         """Minimise `self.loss` (plus whatever hooks add) over `data`; returns step count and wall time.
+        Raises `Diverged` at the first step whose loss is not finite (the rest of the run could only be NaN).
 
         `params` restricts what is optimised (default: every parameter with requires_grad).  Dropout and
         anything else that draws from torch's global RNG during training is seeded from `generator` (on a
@@ -268,6 +269,8 @@ class Task(abc.ABC):
                     sched.step()
                     loss_value = float(loss.detach())
                     step += 1
+                    if not math.isfinite(loss_value):  # its gradient has reached the weights: no way back
+                        raise Diverged(f"{desc}: loss {loss_value} at step {step} of {total}")
                     for h in hooks:
                         h.on_step_end(model, step)
                     advance(loss_value)

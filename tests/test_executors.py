@@ -87,3 +87,20 @@ def test_processes_executor_equals_an_in_process_run(tmp_path, subprocess_env):
     run("--results", "serial", "--cache", "c2", "--threads", "1")
     metrics = lambda name: {r["cell_id"]: r["metrics"] for r in ResultStore(tmp_path / name).all()}  # noqa: E731
     assert len(metrics("pool")) == 4 and metrics("pool") == metrics("serial")
+
+
+def test_processes_executor_records_a_diverged_training_and_finishes_the_rest(tmp_path, subprocess_env):
+    # The case that once took a whole processes run down: one backdoored model's training diverges (lr 1e30).
+    hot = tiny_matrix("[{name: badnets, label: badnets-hot}]", "[none, finetune]").replace("lr: 0.05", "lr: 1.0e+30")
+    fine = tiny_matrix("[badnets]", "[none]")
+    (tmp_path / "m.yaml").write_text(hot + fine[fine.index("  - task:"):])
+    out = subprocess.run([sys.executable, "-m", "benchmark.cli", "run", "m.yaml", "--no-sharpness", "--executor",
+                          "processes", "--workers", "2"], env=subprocess_env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "2 of 3 cells failed" in out.stderr
+    status = {(r["spec"]["attack_label"], r["spec"]["defense_label"]): r["status"]
+              for r in ResultStore(tmp_path / "results").all()}
+    assert status == {("badnets-hot", "none"): "failed", ("badnets-hot", "finetune"): "failed",
+                      ("badnets", "none"): "ok"}
+    assert len(list((tmp_path / ".fipbench" / "artifacts").glob("*/failed.json"))) == 1
