@@ -72,21 +72,26 @@ def select(cells: Sequence[RunSpec], only: Iterable[str] = (), skip: Iterable[st
 
 
 def plan_rows(cells: Sequence[RunSpec], store, cache) -> list[dict[str, str]]:
-    """One row per cell: its status (done = a valid record exists, pending otherwise) and whether its attack
-    artifact is cached, will be trained by this run, or is shared with an earlier cell of the plan."""
+    """One row per cell: its status (done = a valid record exists, failed = a record of a failed cell, pending
+    otherwise) and whether its attack artifact is cached, will be trained by this run, is shared with an earlier
+    cell of the plan, or failed to train before (the cache remembers it; its cells fail without training)."""
     rows, planned = [], set()
     for spec in cells:
         key = spec.artifact_key()
-        done = store is not None and store.get(spec.cell_id()) is not None
+        record = None if store is None else store.get(spec.cell_id())
+        done = record is not None
         if cache.has(key):
             artifact = "cached"
+        elif cache.failure(key) is not None:
+            artifact = "failed"
         elif key in planned:
             artifact = "shared"
         else:
             artifact = "-" if done else "train"
         if not done:
             planned.add(key)
-        rows.append({"status": "done" if done else "pending", "artifact": artifact, "task": spec.task,
+        status = "pending" if record is None else "failed" if record["status"] == "failed" else "done"
+        rows.append({"status": status, "artifact": artifact, "task": spec.task,
                      "dataset": spec.dataset, "model": spec.model, "attack": spec.attack.label,
                      "defense": spec.defense.label, "seed": str(spec.seed), "cell_id": spec.cell_id()})
     return rows
@@ -98,7 +103,9 @@ def format_plan(rows: list[dict[str, str]]) -> str:
     lines = ["  ".join(c.ljust(widths[c]) for c in cols).rstrip()]
     lines += ["  ".join(r[c].ljust(widths[c]) for c in cols).rstrip() for r in rows]
     pending = sum(r["status"] == "pending" for r in rows)
+    failed = sum(r["status"] == "failed" for r in rows)
     trains = sum(r["artifact"] == "train" for r in rows)
-    lines.append(f"{len(rows)} cells: {len(rows) - pending} done, {pending} pending; "
+    lines.append(f"{len(rows)} cells: {len(rows) - pending} done{f' ({failed} failed)' if failed else ''}, "
+                 f"{pending} pending; "
                  f"{trains} backdoored model{'' if trains == 1 else 's'} to train")
     return "\n".join(lines)

@@ -374,6 +374,10 @@ def test_diverged_trainings_are_recorded_as_failed_and_the_run_goes_on(tmp_path,
     assert "## Failed cells" in md and md.count("training the backdoored model diverged") == 2
     ft_row = next(line for line in md.splitlines() if line.startswith("| badnets") and "ft_nan" in line)
     assert ft_row.count("| failed ") == 4 and "0 + 1 failed" in ft_row  # clean, ASR, RA, DER; no seed finished
+    assert main([*argv, "--dry-run"]) == 0
+    plan = capsys.readouterr().out.splitlines()
+    assert plan[-1] == "4 cells: 4 done (3 failed), 0 pending; 0 backdoored models to train"
+    assert sum(line.split()[:2] == ["failed", "failed"] for line in plan) == 2  # status, artifact columns
     # Resumed: the failed cells stand like finished ones (the same spec fails the same way); still exit 1.
     assert main(argv) == 1
     out, _ = capsys.readouterr()
