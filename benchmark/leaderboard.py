@@ -111,18 +111,19 @@ def aggregate(records: list[Record]):
 
 
 def failures(records: list[Record]) -> str:
-    """A Markdown section listing each failed cell (the newest record of its labels and seed) with its reason;
-    empty when none failed."""
+    """A Markdown section with one line per failure (the newest record of each label and seed): its reason,
+    which names the cell, and for a backdoored model that failed to train the defenses of its cells; empty when
+    none failed."""
     failed = [r for r in latest(records, ("ok", "failed")) if r["status"] == "failed"]
     if not failed:
         return ""
-    lines = ["", "## Failed cells", "", "Recorded, not scored: training diverged (the reason says whose). `fipbench run "
-             "CONFIG --force --only ...` runs a cell again.", ""]
-    for r in sorted(failed, key=lambda r: [str(r["spec"][k]) for k in ("task", "dataset", "model", "attack_label",
-                                                                         "defense_label", "seed")]):
-        s = r["spec"]
-        lines.append(f"- {s['task']} / {s['dataset']} / {s['model']} / {s['attack_label']} / {s['defense_label']} / "
-                     f"seed {s['seed']}: {r['reason']}")
+    by_reason: dict[str, list[str]] = {}
+    for r in failed:
+        by_reason.setdefault(r["reason"] or "", []).append(r["spec"]["defense_label"])
+    lines = ["", "## Failed cells", "", "Recorded, not scored: a training diverged (the reason says whose). "
+             "`fipbench run CONFIG --force --only ...` runs a cell again.", ""]
+    for reason, defenses in sorted(by_reason.items()):
+        lines.append(f"- {reason}" + (f" (its cells: {', '.join(sorted(defenses))})" if len(defenses) > 1 else ""))
     return "\n".join(lines) + "\n"
 
 
