@@ -110,21 +110,27 @@ def aggregate(records: list[Record]):
     return out.reset_index().sort_values(KEYS, kind="stable", ignore_index=True)
 
 
-def failures(records: list[Record]) -> str:
-    """A Markdown section with one line per failure (the newest record of each label and seed): its reason,
-    which names the cell, and for a backdoored model that failed to train the defenses of its cells; empty when
-    none failed."""
-    failed = [r for r in latest(records, ("ok", "failed")) if r["status"] == "failed"]
-    if not failed:
-        return ""
+def failure_lines(records: list[Record]) -> list[str]:
+    """One line per failure (the newest record of each label and seed): its reason, which names the cell, and
+    for a backdoored model that failed to train the defenses of its cells."""
     by_reason: dict[str, list[str]] = {}
-    for r in failed:
-        by_reason.setdefault(r["reason"] or "", []).append(r["spec"]["defense_label"])
-    lines = ["", "## Failed cells", "", "Recorded, not scored: a training diverged (the reason says whose). "
-             "`fipbench run CONFIG --force --only ...` runs a cell again.", ""]
-    for reason, defenses in sorted(by_reason.items()):
-        lines.append(f"- {reason}" + (f" (its cells: {', '.join(sorted(defenses))})" if len(defenses) > 1 else ""))
-    return "\n".join(lines) + "\n"
+    for r in latest(records, ("ok", "failed")):
+        if r["status"] == "failed":
+            by_reason.setdefault(r["reason"] or "", []).append(r["spec"]["defense_label"])
+    return [reason + (f" (its cells: {', '.join(sorted(defenses))})" if len(defenses) > 1 else "")
+            for reason, defenses in sorted(by_reason.items())]
+
+
+FAILED_NOTE = ("Recorded, not scored: a training diverged (the reason says whose); fipbench run CONFIG --force "
+               "--only ... runs a cell again.")  # the Markdown and the HTML page alike
+
+
+def failures(records: list[Record]) -> str:
+    """The Markdown section listing `failure_lines`; empty when none failed."""
+    lines = failure_lines(records)
+    if not lines:
+        return ""
+    return "\n".join(["", "## Failed cells", "", FAILED_NOTE, "", *(f"- {line}" for line in lines)]) + "\n"
 
 
 def _seeds(n: int, failed: int) -> str:
@@ -242,7 +248,7 @@ def write(records: list[Record], results: Path) -> dict[str, Path]:
     atomic_write_bytes(paths["csv"], agg.to_csv(index=False).encode())
     atomic_write_bytes(paths["tex"], latex(agg).encode())
     atomic_write_bytes(paths["ranking"], ranking_markdown(rank).encode())
-    atomic_write_bytes(paths["html"], site.page(agg, rank).encode())
+    atomic_write_bytes(paths["html"], site.page(agg, rank, failure_lines(records)).encode())
     if not sharpness_plot(agg, paths["sharpness"]):
         del paths["sharpness"]
     return paths

@@ -144,7 +144,8 @@ def _plots(part, metric: str) -> list[tuple[str, str]]:
     return out
 
 
-def page(agg, rank) -> str:
+def page(agg, rank, failed: list[str] = ()) -> str:
+    """The whole page; `failed`: one line per failed cell (benchmark.leaderboard.failure_lines), listed last."""
     parts = ["<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>fipbench leaderboard</title>",
              f"<style>{STYLE}</style></head><body><h1>fipbench leaderboard</h1>",
              "<p>Mean over seeds. ASR: triggered non-target test inputs that hit the target; RA: triggered inputs "
@@ -164,5 +165,10 @@ def page(agg, rank) -> str:
             f'<figure class="plot">{svg}<figcaption>{html.escape(cap)}</figcaption></figure>' for cap, svg in plots)
             + "</div>")
         parts.append("<h3>All cells</h3>" + _table(part, CELL_COLUMNS, "cells") + "</section>")
+    if failed:
+        from benchmark.leaderboard import FAILED_NOTE
+
+        parts.append(f'<section id="failed"><h2>Failed cells</h2><p>{html.escape(FAILED_NOTE)}</p><ul>'
+                     + "".join(f"<li>{html.escape(line)}</li>" for line in failed) + "</ul></section>")
     parts.append(f"<script>{SCRIPT}</script></body></html>\n")
     return "\n".join(parts)

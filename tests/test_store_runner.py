@@ -373,6 +373,8 @@ def test_diverged_trainings_are_recorded_as_failed_and_the_run_goes_on(tmp_path,
     md = (tmp_path / "r" / "leaderboard.md").read_text()
     assert "## Failed cells" in md and md.count("training the backdoored model diverged") == 1
     assert "lower train.lr or set train.grad_clip (its cells: finetune, none)" in md
+    page = (tmp_path / "r" / "leaderboard.html").read_text()
+    assert '<section id="failed"><h2>Failed cells</h2>' in page and page.count("<li>") == 2
     ft_row = next(line for line in md.splitlines() if line.startswith("| badnets") and "ft_nan" in line)
     assert ft_row.count("| failed ") == 4 and "0 + 1 failed" in ft_row  # clean, ASR, RA, DER; no seed finished
     assert main([*argv, "--dry-run"]) == 0
