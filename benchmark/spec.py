@@ -32,7 +32,7 @@ from benchmark.errors import FipbenchError, unknown_name
 from benchmark.registries import ATTACKS, DATASETS, DEFENSES, MODELS, TASKS
 
 MATRIX_KEYS = ("name", "seeds", "groups", "description", "include")
-GROUP_KEYS = ("task", "dataset", "model", "task_config", "train", "attacks", "defenses")
+GROUP_KEYS = ("task", "dataset", "model", "task_config", "train", "attacks", "defenses", "seeds")
 ENTRY_KEYS = ("name", "label", "config")
 
 
@@ -130,9 +130,7 @@ def parse_matrix(data: Any, where: str, _stack: tuple[Path, ...] = ()) -> Matrix
     if not isinstance(data, Mapping):
         raise FipbenchError(f"{where}: a matrix must be a mapping with keys {', '.join(MATRIX_KEYS)}")
     _check_keys(data, MATRIX_KEYS, "matrix key", where)
-    seeds = data.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise FipbenchError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
+    seeds = _seeds(data.get("seeds", [0]), where)
     cells: list[RunSpec] = _included(data, where, _stack) if "include" in data else []
     groups = data.get("groups", [] if cells else None)
     if not isinstance(groups, list) or not (groups or cells):
@@ -153,7 +151,8 @@ def parse_matrix(data: Any, where: str, _stack: tuple[Path, ...] = ()) -> Matrix
         for mapping_key in ("task_config", "train"):
             if not isinstance(group.get(mapping_key, {}), Mapping):
                 raise FipbenchError(f"{gw}: {mapping_key!r} must be a mapping")
-        for seed in seeds:
+        # A group's own `seeds` replace the matrix's (e.g. more seeds for the one setting a claim rests on).
+        for seed in _seeds(group["seeds"], gw) if "seeds" in group else seeds:
             for attack in attacks:
                 for defense in defenses:
                     cells.append(RunSpec(task=group["task"], dataset=group["dataset"], model=group["model"],
@@ -181,6 +180,13 @@ def validate(matrix: Matrix) -> None:
             raise FipbenchError(f"{matrix.source}: cells {seen[cid]!r} and {spec.describe()!r} are identical; "
                                 f"remove the duplicate entry")
         seen[cid] = spec.describe()
+
+
+def _seeds(seeds: Any, where: str) -> list[int]:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool)
+                                                           for s in seeds):
+        raise FipbenchError(f"{where}: seeds must be a non-empty list of integers, got {seeds!r}")
+    return seeds  # a repeated seed makes identical cells, which `validate` names
 
 
 def _components(entries: Any, registry: Any, where: str) -> list[Component]:

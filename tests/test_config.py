@@ -195,6 +195,19 @@ def test_unknown_matrix_and_entry_keys(tmp_path):
         load_matrix(write(tmp_path, GOOD.replace("config: {label_mode", "configs: {label_mode")))
 
 
+def test_a_group_with_its_own_seeds_replaces_the_matrix_seeds(tmp_path):
+    second = GOOD[GOOD.index("  - task:"):].replace("attacks: [none, {name: badnets, label: badnets-a2a, config: "
+                                                    "{label_mode: all2all}}]", "attacks: [blend]")
+    matrix = load_matrix(write(tmp_path, GOOD + second.replace("  - task:", "  - seeds: [2, 3, 4]\n    task:")))
+    validate(matrix)
+    seeds = {label: sorted({c.seed for c in matrix.cells if c.attack.label == label}) for label in
+             ("none", "badnets-a2a", "blend")}
+    assert seeds == {"none": [0, 1], "badnets-a2a": [0, 1], "blend": [2, 3, 4]}
+    assert len(matrix.cells) == 12 + 3 * 3
+    with pytest.raises(FipbenchError, match=r"groups\[1\]: seeds must be a non-empty list of integers"):
+        load_matrix(write(tmp_path, GOOD + second.replace("  - task:", "  - seeds: 3\n    task:")))
+
+
 def test_duplicate_labels(tmp_path):
     with pytest.raises(FipbenchError) as info:
         load_matrix(write(tmp_path, GOOD.replace("defenses: [none, finetune,", "defenses: [none, none,")))
