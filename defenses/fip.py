@@ -62,7 +62,9 @@ clean model loses 6.9 points (8.9 on seed 0).
 
 On models trained for 60 epochs instead of 10 (configs/image_attacks_long.yaml, seeds 0 | 1; same defaults):
 FIP removes Input-aware's backdoor within 3 points on both seeds (98.0 / 94.6 -> 95.4 / 1.2 %, 98.1 / 87.3 ->
-95.3 / 0.2 %; FT 97.3 / 79.2 and 97.4 / 22.9 %), its one success on the image table, but collapses the seed-0
+95.3 / 0.2 %; FT 97.3 / 79.2 and 97.4 / 22.9 %) and on a third (97.7 / 86.6 -> 95.6 / 2.7 %, FT 97.2 / 46.2 %,
+Fast FIP 97.0 / 74.2 %; that clean model loses 15.3 points to FIP, 98.6 -> 83.3 %), its one success on the
+image table, but collapses the seed-0
 all-to-all Input-aware model (98.5 -> 44.5 %; seed 1: 98.3 -> 88.6 / 1.6 %) and costs the clean 60-epoch
 models 10 and 5 points (98.7 -> 88.4, 98.1 -> 93.2 %): the same kicks, which on one model happen to leave
 the backdoor's basin at little clean cost.
