@@ -78,7 +78,9 @@ def frame(records: list[Record]):
     the VALUES columns (scaled; empty for a failed cell)."""
     import pandas as pd
 
-    metric_of = {(r["spec"]["task"], r["spec"]["dataset"]): r["metrics"]["metric_name"] for r in latest(records)}
+    # A task's metric name is the same in all its records: any ok one of the (task, dataset) names it.
+    metric_of = {(r["spec"]["task"], r["spec"]["dataset"]): r["metrics"]["metric_name"] for r in records
+                 if r["status"] == "ok"}
     rows = []
     for r in latest(records, ("ok", "failed")):
         s = r["spec"]
@@ -125,9 +127,8 @@ FAILED_NOTE = ("Recorded, not scored: a training diverged (the reason says whose
                "--only ... runs a cell again.")  # the Markdown and the HTML page alike
 
 
-def failures(records: list[Record]) -> str:
+def failures(lines: list[str]) -> str:
     """The Markdown section listing `failure_lines`; empty when none failed."""
-    lines = failure_lines(records)
     if not lines:
         return ""
     return "\n".join(["", "## Failed cells", "", FAILED_NOTE, "", *(f"- {line}" for line in lines)]) + "\n"
@@ -244,11 +245,12 @@ def write(records: list[Record], results: Path) -> dict[str, Path]:
     paths = {"md": results / "leaderboard.md", "csv": results / "leaderboard.csv",
              "tex": results / "leaderboard.tex", "ranking": results / "ranking.md",
              "html": results / "leaderboard.html", "sharpness": results / "sharpness.png"}
-    atomic_write_bytes(paths["md"], (header + markdown(agg) + failures(records)).encode())
+    failed = failure_lines(records)
+    atomic_write_bytes(paths["md"], (header + markdown(agg) + failures(failed)).encode())
     atomic_write_bytes(paths["csv"], agg.to_csv(index=False).encode())
     atomic_write_bytes(paths["tex"], latex(agg).encode())
     atomic_write_bytes(paths["ranking"], ranking_markdown(rank).encode())
-    atomic_write_bytes(paths["html"], site.page(agg, rank, failure_lines(records)).encode())
+    atomic_write_bytes(paths["html"], site.page(agg, rank, failed).encode())
     if not sharpness_plot(agg, paths["sharpness"]):
         del paths["sharpness"]
     return paths
