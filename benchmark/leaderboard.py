@@ -100,7 +100,10 @@ def frame(records: list[Record]):
 def aggregate(records: list[Record]):
     """Mean and std over seeds per (task, dataset, model, attack, defense), of the seeds that finished: `n`
     counts them, `failed` the seeds whose cell failed (their row has no values when no seed finished)."""
-    df = frame(records)
+    return _aggregate(frame(records))
+
+
+def _aggregate(df):
     if df.empty:
         return df
     num = df[list(VALUES)].apply(lambda c: c.astype(float))
@@ -170,45 +173,89 @@ def markdown(agg) -> str:
     return "\n".join(lines)
 
 
-def ranking(agg):
-    """Per (task, dataset, model): each defense's mean over the attacked cells (DER, clean, ASR, RA, time),
-    best DER first.  Cells without an attack (no ASR) do not count.  Defenses are compared on the same
-    attacks: only the attacks every ranked defense of the group ran count (`common` True); where no attack is
-    common to all, each defense's mean over its own attacks is shown instead (`common` False: not comparable)."""
+RANKED = ["der", "clean", "asr", "ra", "defense_s"]
+
+
+def ranking(cells):
+    """Per (task, dataset, model), from `frame`'s one row per cell: each defense's mean DER, clean, ASR, RA and
+    time over the attacked cells, best DER first.  Defenses are compared on the same cells: the (attack, seed)
+    pairs that every ranked defense of the group finished, so a defense whose training diverged on one seed is
+    not ranked on its lucky seeds against others' every seed; the seeds of an attack are averaged first, then
+    the attacks (as the leaderboard's rows).  `failed` counts a defense's failed attacked cells in the group
+    (`cells` those its figures come from).  Where no cell is common to all, each defense's mean over its own
+    finished cells is shown instead (`common` False: not comparable).  Cells without an attack (no ASR) do not
+    count; a defense none of whose attacked cells finished is not ranked (`unranked`)."""
     import pandas as pd
 
     keys = ["task", "dataset", "model"]
-    attacked = agg[agg["asr_mean"].notna()] if not agg.empty else agg
-    if attacked.empty:
-        return pd.DataFrame(columns=[*keys, "rank", "defense", "der", "clean", "asr", "ra", "defense_s", "attacks",
-                                     "common"])
-    shared = []
-    for _, part in attacked.groupby(keys, sort=False):
-        common = set.intersection(*part.groupby("defense", sort=False)["attack"].agg(set))
-        shared.append(part[part["attack"].isin(common)].assign(common=True) if common
-                      else part.assign(common=False))
-    g = pd.concat(shared).groupby([*keys, "defense"], sort=False)
-    out = g[["der_mean", "clean_mean", "asr_mean", "ra_mean", "defense_s_mean"]].mean()
-    out.columns = ["der", "clean", "asr", "ra", "defense_s"]
-    out["attacks"] = g.size()
-    out["common"] = g["common"].first()
-    out = out.reset_index().sort_values([*keys, "der", "clean"], ascending=[True, True, True, False, False],
-                                        kind="stable")
-    out.insert(3, "rank", out.groupby(keys, sort=False).cumcount() + 1)
-    return out.reset_index(drop=True)
+    columns = [*keys, "rank", "defense", *RANKED, "attacks", "cells", "failed", "common"]
+    if cells.empty:
+        return pd.DataFrame(columns=columns)
+    attacked = _attacked(cells.assign(**{c: cells[c].astype(float) for c in RANKED}))
+    out = []
+    for key, part in attacked.groupby(keys, sort=False):
+        done = part[~part["failed"].astype(bool)]
+        if done.empty:
+            continue
+        pairs = done.groupby("defense", sort=False)[["attack", "seed"]].apply(lambda d: set(zip(d.attack, d.seed)))
+        common = set.intersection(*pairs)
+        sel = done[[(a, s) in common for a, s in zip(done.attack, done.seed)]] if common else done
+        per_attack = sel.groupby(["defense", "attack"], sort=False)[RANKED].mean()
+        row = per_attack.groupby(level="defense", sort=False).mean()
+        row["attacks"] = per_attack.groupby(level="defense", sort=False).size()
+        row["cells"] = sel.groupby("defense", sort=False).size()
+        row["failed"] = part[part["failed"].astype(bool)].groupby("defense").size().reindex(row.index).fillna(0)
+        row = row.astype({"attacks": int, "cells": int, "failed": int}).assign(common=bool(common))
+        row = row.reset_index().assign(**dict(zip(keys, key)))
+        out.append(row.sort_values(["der", "clean"], ascending=False, kind="stable"))
+    if not out:
+        return pd.DataFrame(columns=columns)
+    rank = pd.concat(out, ignore_index=True)
+    rank["rank"] = rank.groupby(keys, sort=False).cumcount() + 1
+    return rank.sort_values([*keys, "rank"], kind="stable", ignore_index=True)[columns]
 
 
-def ranking_markdown(rank) -> str:
-    lines = ["# Defense ranking", "", "Per task/dataset/model, best DER first: each defense's mean over the attacks "
-             "that every ranked defense ran there (the same cells for all).", ""]
+def _attacked(cells):
+    """The cells of attacks with an ASR in some finished cell of their group (a failed cell has none itself)."""
+    has_asr = cells.groupby(["task", "dataset", "model", "attack"], sort=False)["asr"].transform(
+        lambda c: c.astype(float).notna().any())
+    return cells[has_asr.astype(bool)]
+
+
+def unranked(cells, rank) -> dict[tuple[str, str, str], list[str]]:
+    """Per (task, dataset, model): the defenses with attacked cells, none of which finished (every one failed)."""
+    keys = ["task", "dataset", "model"]
+    if cells.empty:
+        return {}
+    attacked = _attacked(cells)
+    failed = attacked[attacked["failed"].astype(bool)]
+    ranked = {(*k, d) for *k, d in rank[[*keys, "defense"]].itertuples(index=False)}
+    out: dict[tuple[str, str, str], list[str]] = {}
+    for *key, defense in failed[[*keys, "defense"]].drop_duplicates().itertuples(index=False):
+        if (*key, defense) not in ranked:
+            out.setdefault(tuple(key), []).append(defense)
+    return out
+
+
+def ranking_markdown(rank, missing: dict[tuple[str, str, str], list[str]] | None = None) -> str:
+    lines = ["# Defense ranking", "", "Per task/dataset/model, best DER first: each defense's mean over the attack × "
+             "seed cells that every ranked defense finished there (the same cells for all; an attack's seeds "
+             "averaged first). `failed`: the defense's cells there whose training diverged (see the leaderboard's "
+             "Failed cells); they drop those cells for every defense.", ""]
+    missing = missing or {}
     for (task, dataset, model), part in rank.groupby(["task", "dataset", "model"], sort=False):
         table = part.assign(**{c: part[c].map(lambda v: _pm(v, 0.0, 2)) for c in ("der", "clean", "asr", "ra")},
                             defense_s=part["defense_s"].map(lambda v: _pm(v, 0.0, 1)))
-        table = table[["rank", "defense", "der", "clean", "asr", "ra", "defense_s", "attacks"]].rename(columns={
-            "der": "DER %", "clean": "clean %", "asr": "ASR %", "ra": "RA %", "defense_s": "defense s"})
-        over = (f"Over the {int(part['attacks'].iloc[0])} attack(s) every defense here ran." if part["common"].all()
-                else "No attack is common to every defense here: each row is its own attacks' mean (not comparable).")
+        table = table[["rank", "defense", "der", "clean", "asr", "ra", "defense_s", "attacks", "cells",
+                       "failed"]].rename(columns={"der": "DER %", "clean": "clean %", "asr": "ASR %", "ra": "RA %",
+                                                  "defense_s": "defense s"})
+        over = (f"Over the {int(part['attacks'].iloc[0])} attack(s), {int(part['cells'].iloc[0])} attack × seed "
+                f"cell(s), every defense here finished." if part["common"].all()
+                else "No cell is common to every defense here: each row is its own cells' mean (not comparable).")
+        gone = missing.get((task, dataset, model))
         lines += [f"## {task} — {dataset} — {model}", "", over, "", table.to_markdown(index=False), ""]
+        if gone:
+            lines += [f"Not ranked, every attacked cell failed: {', '.join(sorted(gone))}.", ""]
     return "\n".join(lines)
 
 
@@ -233,8 +280,9 @@ def write(records: list[Record], results: Path) -> dict[str, Path]:
     their paths."""
     from benchmark import site
 
-    agg = aggregate(records)
-    rank = ranking(agg)
+    cells = frame(records)
+    agg = _aggregate(cells)
+    rank = ranking(cells)
     header = ("# fipbench leaderboard\n\nMean ± std over seeds. ASR: triggered non-target test inputs that hit "
               "the target; RA: triggered inputs still given their true label; DER: BackdoorBench's defense "
               "effectiveness rating. λmax / Tr H: the task loss's largest Hessian eigenvalue and Hessian trace on a "
@@ -249,7 +297,7 @@ def write(records: list[Record], results: Path) -> dict[str, Path]:
     atomic_write_bytes(paths["md"], (header + markdown(agg) + failures(failed)).encode())
     atomic_write_bytes(paths["csv"], agg.to_csv(index=False).encode())
     atomic_write_bytes(paths["tex"], latex(agg).encode())
-    atomic_write_bytes(paths["ranking"], ranking_markdown(rank).encode())
+    atomic_write_bytes(paths["ranking"], ranking_markdown(rank, unranked(cells, rank)).encode())
     atomic_write_bytes(paths["html"], site.page(agg, rank, failed).encode())
     if not sharpness_plot(agg, paths["sharpness"]):
         del paths["sharpness"]

@@ -25,6 +25,7 @@ RANK_COLUMNS = [
     ("rank", "rank", "rank", 0), ("defense", "defense", "defense", None), ("der", "DER %", "der", 2),
     ("clean", "clean %", "clean", 2), ("asr", "ASR %", "asr", 2), ("ra", "RA %", "ra", 2),
     ("defense_s", "defense s", "defense_s", 1), ("attacks", "attacks", "attacks", 0),
+    ("cells", "cells", "cells", 0), ("failed", "failed cells", "failed", 0),
 ]
 
 STYLE = """
@@ -158,7 +159,7 @@ def page(agg, rank, failed: list[str] = ()) -> str:
         parts.append(f'<section data-task="{html.escape(task)}"><h2>{title}</h2>')
         ranked = rank[(rank["task"] == task) & (rank["dataset"] == dataset) & (rank["model"] == model)]
         if not ranked.empty:
-            parts.append("<h3>Defense ranking (mean over the attacks every defense ran)</h3>"
+            parts.append("<h3>Defense ranking (mean over the attack × seed cells every defense finished)</h3>"
                          + _table(ranked, RANK_COLUMNS, "ranking"))
         plots = _plots(part, part["metric"].iloc[0])
         parts.append('<div class="plots">' + "".join(

@@ -32,7 +32,7 @@ def site(tmp_path_factory):
     out = tmp_path_factory.mktemp("site")
     paths = leaderboard.write(records, out)
     agg = leaderboard.aggregate(records)
-    return paths, agg, leaderboard.ranking(agg)
+    return paths, agg, leaderboard.ranking(leaderboard.frame(records))
 
 
 def _browser():
@@ -55,21 +55,57 @@ def test_all_formats_are_written(site):
     assert paths["ranking"].read_text().count("## ") == rank.groupby(["task", "dataset", "model"]).ngroups
 
 
-def test_ranking_orders_by_mean_der_over_the_attacks_every_defense_ran(site):
+def test_ranking_orders_by_mean_der_over_the_cells_every_defense_finished(site):
     _, agg, rank = site
     for _, part in rank.groupby(["task", "dataset", "model"]):
         assert list(part["rank"]) == list(range(1, len(part) + 1))
         assert list(part["der"]) == sorted(part["der"], reverse=True)
-    # every defense of a group is ranked on the same attacks: those all of them ran
+    # every defense of a group is ranked on the same cells: the (attack, seed) pairs all of them finished
+    cells = leaderboard.frame(ResultStore(REPO_ROOT / "results").all())
     for (task, dataset, model), part in rank.groupby(["task", "dataset", "model"]):
-        group = agg[(agg.task == task) & (agg.dataset == dataset) & (agg.model == model) & agg.asr_mean.notna()]
-        common = set.intersection(*group.groupby("defense")["attack"].agg(set))
-        assert part["common"].all() == bool(common)
+        group = cells[(cells.task == task) & (cells.dataset == dataset) & (cells.model == model)]
+        group = group[group.attack.isin(set(group[group.asr.notna()].attack))]
+        done = group[~group.failed.astype(bool)]
+        pairs = {d: set(zip(x.attack, x.seed)) for d, x in done.groupby("defense")}
+        common = set.intersection(*pairs.values())
+        assert part["common"].all() and set(part.defense) == set(pairs)
         for one in part.itertuples():
-            cells = group[(group.defense == one.defense) & (group.attack.isin(common) if common else True)]
-            assert one.der == pytest.approx(cells.der_mean.mean()) and one.attacks == len(cells)
+            mine = done[(done.defense == one.defense).to_numpy() & [p in common for p in zip(done.attack, done.seed)]]
+            assert one.der == pytest.approx(mine.groupby("attack").der.mean().mean())
+            assert one.cells == len(common) and one.attacks == len({a for a, _ in common})
+            assert one.failed == int(group[group.defense == one.defense].failed.sum())
     images = rank[(rank.task == "image_classification") & (rank.dataset == "mnist5k") & (rank.model == "small_cnn")]
     assert len(images) == 14 and set(images.attacks) == {1}  # the baselines ran BadNets only: all compared on it
+
+
+def test_a_defense_failing_on_one_seed_is_ranked_on_the_others_common_cells():
+    """A diverged seed drops that (attack, seed) cell for every defense, so no defense is ranked on its lucky seeds
+    against the others' every seed; the failure is counted, and a defense with no finished cell is listed apart."""
+    import pandas as pd
+
+    def cell(attack, defense, seed, der, failed=False):
+        v = None if failed else der
+        return {"task": "t", "dataset": "d", "model": "m", "attack": attack, "defense": defense, "seed": seed,
+                "metric": "acc", "failed": failed, "clean": v, "asr": None if failed else 100.0 - (der or 0),
+                "ra": v, "der": v, "defense_s": v, **{k: None for k in leaderboard.VALUES
+                                                      if k not in {"clean", "asr", "ra", "der", "defense_s"}}}
+
+    cells = pd.DataFrame([
+        cell("a", "steady", 0, 60.0), cell("a", "steady", 1, 20.0),      # finished on both seeds
+        cell("a", "lucky", 0, 70.0), cell("a", "lucky", 1, None, True),   # diverged on seed 1
+        cell("b", "steady", 0, 52.0), cell("b", "lucky", 0, 40.0),
+        cell("a", "broken", 0, None, True), cell("a", "broken", 1, None, True),
+        cell("none", "steady", 0, None),  # a clean model's cell: no ASR, not ranked on
+    ])
+    cells.loc[8, ["asr", "der"]] = None
+    rank = leaderboard.ranking(cells)
+    got = {r.defense: (r.rank, r.der, r.attacks, r.cells, r.failed) for r in rank.itertuples()}
+    # Over (a, 0) and (b, 0): steady (60 + 52) / 2 = 56, lucky (70 + 40) / 2 = 55.  Averaging each defense over
+    # its own finished seeds would rank lucky first: 55 against steady's ((60 + 20) / 2 + 52) / 2 = 46.
+    assert got == {"steady": (1, 56.0, 2, 2, 0), "lucky": (2, 55.0, 2, 2, 1)}
+    assert leaderboard.unranked(cells, rank) == {("t", "d", "m"): ["broken"]}
+    text = leaderboard.ranking_markdown(rank, leaderboard.unranked(cells, rank))
+    assert "Over the 2 attack(s), 2 attack × seed cell(s)" in text and "every attacked cell failed: broken" in text
 
 
 def test_page_is_self_contained(site):
