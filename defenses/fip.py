@@ -92,7 +92,9 @@ with the default SGD budget and with Adam lr 0.001 alike (mAP@0.5 0.0 %; final t
 FT there.  On an earlier host's training of the same model (98.2 / 97.6) it did not either: η_F 0.05 95.6 /
 18.9, FT 96.8 / 21.4; at 500 steps 95.6 / 20.0, FT 96.6 / 20.4; on the ODA and RMA detectors ODA 96.3 / 56.5,
 FT 96.9 / 49.5; RMA 95.1 / 24.4, FT 97.7 / 26.7.  Fast FIP (773 shifts, 0.19 % of the parameters) leaves
-ASR at 91-93 % with SGD and Adam alike (at the SGD default it collapsed the earlier training to 3.7 % mAP).
+ASR at 91-93 % with SGD and Adam alike (at the SGD default it collapsed the earlier training to 3.7 % mAP).  Seed 1's
+GMA detector (98.1 / 97.7): η_F 0.5 collapses it again (SGD 1.1 %, Adam 0.1 % mAP); Adam η_F 0.05 94.7 / 18.8,
+0.005 97.1 / 20.4, FT 96.9 / 22.2; Fast FIP (SGD) 97.7 / 95.5.
 
 On a 3D CNN (small_c3d, embedded motion clips, BadNets on every frame, 98.25 % / 98.6 % ASR, 96-clip holdout;
 configs/video_defenses.yaml, README "Video action recognition"): the default budget gives 92.75 / 16.0 (FT
