@@ -222,19 +222,23 @@ def _attacked(cells):
     return cells[has_asr.astype(bool)]
 
 
-def unranked(cells, rank) -> dict[tuple[str, str, str], list[str]]:
-    """Per (task, dataset, model): the defenses with attacked cells, none of which finished (every one failed)."""
+def unranked(cells) -> dict[tuple[str, str, str], list[str]]:
+    """Per (task, dataset, model): the defenses with attacked cells, none of which finished (every one failed).
+    These are exactly the defenses `ranking` leaves out, as it ranks every defense with a finished attacked cell."""
     keys = ["task", "dataset", "model"]
     if cells.empty:
         return {}
     attacked = _attacked(cells)
-    failed = attacked[attacked["failed"].astype(bool)]
-    ranked = {(*k, d) for *k, d in rank[[*keys, "defense"]].itertuples(index=False)}
+    all_failed = attacked.groupby([*keys, "defense"], sort=False)["failed"].agg(lambda f: f.astype(bool).all())
     out: dict[tuple[str, str, str], list[str]] = {}
-    for *key, defense in failed[[*keys, "defense"]].drop_duplicates().itertuples(index=False):
-        if (*key, defense) not in ranked:
+    for (*key, defense), gone in all_failed.items():
+        if gone:
             out.setdefault(tuple(key), []).append(defense)
-    return out
+    return {key: sorted(names) for key, names in out.items()}
+
+
+def unranked_line(names: list[str]) -> str:
+    return f"Not ranked, every attacked cell failed: {', '.join(sorted(names))}."
 
 
 def ranking_markdown(rank, missing: dict[tuple[str, str, str], list[str]] | None = None) -> str:
@@ -255,7 +259,7 @@ def ranking_markdown(rank, missing: dict[tuple[str, str, str], list[str]] | None
         gone = missing.get((task, dataset, model))
         lines += [f"## {task} — {dataset} — {model}", "", over, "", table.to_markdown(index=False), ""]
         if gone:
-            lines += [f"Not ranked, every attacked cell failed: {', '.join(sorted(gone))}.", ""]
+            lines += [unranked_line(gone), ""]
     return "\n".join(lines)
 
 
@@ -282,7 +286,7 @@ def write(records: list[Record], results: Path) -> dict[str, Path]:
 
     cells = frame(records)
     agg = _aggregate(cells)
-    rank = ranking(cells)
+    rank, missing = ranking(cells), unranked(cells)
     header = ("# fipbench leaderboard\n\nMean ± std over seeds. ASR: triggered non-target test inputs that hit "
               "the target; RA: triggered inputs still given their true label; DER: BackdoorBench's defense "
               "effectiveness rating. λmax / Tr H: the task loss's largest Hessian eigenvalue and Hessian trace on a "
@@ -297,8 +301,8 @@ def write(records: list[Record], results: Path) -> dict[str, Path]:
     atomic_write_bytes(paths["md"], (header + markdown(agg) + failures(failed)).encode())
     atomic_write_bytes(paths["csv"], agg.to_csv(index=False).encode())
     atomic_write_bytes(paths["tex"], latex(agg).encode())
-    atomic_write_bytes(paths["ranking"], ranking_markdown(rank, unranked(cells, rank)).encode())
-    atomic_write_bytes(paths["html"], site.page(agg, rank, failed).encode())
+    atomic_write_bytes(paths["ranking"], ranking_markdown(rank, missing).encode())
+    atomic_write_bytes(paths["html"], site.page(agg, rank, failed, missing).encode())
     if not sharpness_plot(agg, paths["sharpness"]):
         del paths["sharpness"]
     return paths

@@ -145,8 +145,11 @@ def _plots(part, metric: str) -> list[tuple[str, str]]:
     return out
 
 
-def page(agg, rank, failed: list[str] = ()) -> str:
-    """The whole page; `failed`: one line per failed cell (benchmark.leaderboard.failure_lines), listed last."""
+def page(agg, rank, failed: list[str] = (), missing: dict[tuple[str, str, str], list[str]] | None = None) -> str:
+    """The whole page; `failed`: one line per failed cell (benchmark.leaderboard.failure_lines), listed last;
+    `missing`: per group, the defenses not ranked because every attacked cell failed (leaderboard.unranked)."""
+    from benchmark.leaderboard import unranked_line
+
     parts = ["<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>fipbench leaderboard</title>",
              f"<style>{STYLE}</style></head><body><h1>fipbench leaderboard</h1>",
              "<p>Mean over seeds. ASR: triggered non-target test inputs that hit the target; RA: triggered inputs "
@@ -161,6 +164,9 @@ def page(agg, rank, failed: list[str] = ()) -> str:
         if not ranked.empty:
             parts.append("<h3>Defense ranking (mean over the attack × seed cells every defense finished)</h3>"
                          + _table(ranked, RANK_COLUMNS, "ranking"))
+        gone = (missing or {}).get((task, dataset, model))
+        if gone:
+            parts.append(f'<p class="unranked">{html.escape(unranked_line(gone))}</p>')
         plots = _plots(part, part["metric"].iloc[0])
         parts.append('<div class="plots">' + "".join(
             f'<figure class="plot">{svg}<figcaption>{html.escape(cap)}</figcaption></figure>' for cap, svg in plots)

@@ -13,6 +13,7 @@ import pytest
 from _helpers import need_test_tool
 
 from benchmark import leaderboard
+from benchmark import site as site_module
 from benchmark.site import CELL_COLUMNS
 from benchmark.store import ResultStore
 
@@ -103,9 +104,14 @@ def test_a_defense_failing_on_one_seed_is_ranked_on_the_others_common_cells():
     # Over (a, 0) and (b, 0): steady (60 + 52) / 2 = 56, lucky (70 + 40) / 2 = 55.  Averaging each defense over
     # its own finished seeds would rank lucky first: 55 against steady's ((60 + 20) / 2 + 52) / 2 = 46.
     assert got == {"steady": (1, 56.0, 2, 2, 0), "lucky": (2, 55.0, 2, 2, 1)}
-    assert leaderboard.unranked(cells, rank) == {("t", "d", "m"): ["broken"]}
-    text = leaderboard.ranking_markdown(rank, leaderboard.unranked(cells, rank))
+    missing = leaderboard.unranked(cells)
+    assert missing == {("t", "d", "m"): ["broken"]}
+    text = leaderboard.ranking_markdown(rank, missing)
     assert "Over the 2 attack(s), 2 attack × seed cell(s)" in text and "every attacked cell failed: broken" in text
+    # the HTML page names it beside the group's ranking table too
+    page = site_module.page(leaderboard._aggregate(cells), rank, [], missing)
+    ranking_table = page.index('data-kind="ranking"')
+    assert page.index("Not ranked, every attacked cell failed: broken.") > ranking_table
 
 
 def test_page_is_self_contained(site):
