@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,3 +46,31 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C that lands inside the block until the block ends, then raise it as KeyboardInterrupt.
+
+    Why: safetensors builds tensors by calling back into Python from Rust, and a KeyboardInterrupt raised in
+    that callback comes out of `load_file` / `safe_open` as a ValueError ("could not determine the shape of
+    object type 'torch.storage.UntypedStorage'"; safetensors 0.8, about half of the interrupts in a tight
+    loop).  Unguarded, an interrupted `fipbench run` then reported a corrupt checkpoint and exited 2 instead of
+    130, or (the point-cloud cache) took it for a stale file and went on.  Signals reach Python handlers only
+    in the main thread, so elsewhere this does nothing.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    if threading.current_thread() is not threading.main_thread() or previous is None:  # None: set outside Python
+        yield
+        return
+    pending: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending:
+            if callable(previous):
+                previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt here
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)

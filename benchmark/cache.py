@@ -24,7 +24,7 @@ from typing import Any
 
 from torch import nn
 
-from benchmark._io import atomic_write_json, sha256_file
+from benchmark._io import atomic_write_json, interrupts_deferred, sha256_file
 from benchmark.errors import FipbenchError
 
 MANIFEST_VERSION = 1
@@ -81,7 +81,9 @@ class ArtifactCache:
         if attack is not None:
             from safetensors.torch import load_file
 
-            attack.load_state_dict(load_file(str(state_file)) if manifest.get("attack_state_sha256") else {})
+            with interrupts_deferred():
+                state = load_file(str(state_file)) if manifest.get("attack_state_sha256") else {}
+            attack.load_state_dict(state)
         return manifest
 
     def save(self, key: str, model: nn.Module, manifest: dict[str, Any],
@@ -91,11 +93,13 @@ class ArtifactCache:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
         try:
-            save_model(model, str(tmp / "model.safetensors"))
+            with interrupts_deferred():
+                save_model(model, str(tmp / "model.safetensors"))
             state_sha = None
             if attack_state:
                 state = {k: v.detach().cpu().contiguous() for k, v in attack_state.items()}
-                save_file(state, str(tmp / "attack.safetensors"))
+                with interrupts_deferred():
+                    save_file(state, str(tmp / "attack.safetensors"))
                 state_sha = sha256_file(tmp / "attack.safetensors")
             manifest = {**manifest, "manifest_version": MANIFEST_VERSION,
                         "weights_sha256": sha256_file(tmp / "model.safetensors"), "attack_state_sha256": state_sha}
@@ -137,7 +141,8 @@ def read_state(path: Path) -> dict:
         from safetensors.torch import load_file
 
         try:
-            state = load_file(str(path))
+            with interrupts_deferred():  # else a Ctrl-C here would read as a malformed file
+                state = load_file(str(path))
         except Exception as err:  # safetensors raises its own error types for a malformed header
             raise FipbenchError(f"{path}: not a valid safetensors file ({err}); rebuild or re-export it") from None
     else:

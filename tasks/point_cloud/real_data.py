@@ -35,6 +35,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from benchmark._io import interrupts_deferred
 from benchmark.errors import FipbenchError
 from benchmark.registries import DATASETS
 from benchmark.rng import generator
@@ -155,7 +156,7 @@ def _checked(v: np.ndarray, f: np.ndarray, bad) -> tuple[torch.Tensor, torch.Ten
 
 def _cache_load(path: Path, digest: str, sizes: tuple[int, int]) -> dict[str, torch.Tensor] | None:
     try:
-        with safe_open(str(path), "pt") as f:
+        with interrupts_deferred(), safe_open(str(path), "pt") as f:
             if (f.metadata() or {}).get("files") != digest:
                 return None
             t = {k: f.get_tensor(k) for k in ("x_train", "y_train", "x_test", "y_test")}
@@ -171,7 +172,8 @@ def _cache_save(path: Path, tensors: dict[str, torch.Tensor], digest: str) -> No
         return  # read-only data folder: no cache, the load still works
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"files": digest})
+        with interrupts_deferred():
+            save_file(tensors, tmp, metadata={"files": digest})
         os.replace(tmp, path)
     except OSError:
         Path(tmp).unlink(missing_ok=True)
