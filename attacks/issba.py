@@ -37,7 +37,7 @@ The encoder's weights and the secret are the learned state.
 
 Measured on mnist5k (small_cnn, quick-preset training, seed 0; clean model 95.4 %): all-to-one acc 94.0 %,
 ASR 100 %; all-to-all (not one of the paper's settings) acc 95.6 %, ASR 77.4 %.  prepare ~30-55 s on CPU.
-Seed 1 of `fipbench run image_attacks` (10 epochs): 92.2 / 100 %, 3.4 points under its clean model (target
+Seed 1 of `fipbench run image_attacks` (10 epochs): 92.2 / 100 %, 3.3 points under its clean model (target
 missed).  Trained for 60 epochs (configs/image_attacks_long.yaml, seeds 0 | 1): 98.2 / 100 | 98.3 / 100 %, 0.5 |
 -0.2 points from the 60-epoch clean models (98.7 | 98.1 %): met on both seeds.
 """

@@ -93,14 +93,12 @@ class ArtifactCache:
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
         try:
-            with interrupts_deferred():
+            with interrupts_deferred():  # safetensors would turn a Ctrl-C here into a ValueError
                 save_model(model, str(tmp / "model.safetensors"))
-            state_sha = None
-            if attack_state:
-                state = {k: v.detach().cpu().contiguous() for k, v in attack_state.items()}
-                with interrupts_deferred():
-                    save_file(state, str(tmp / "attack.safetensors"))
-                state_sha = sha256_file(tmp / "attack.safetensors")
+                if attack_state:
+                    save_file({k: v.detach().cpu().contiguous() for k, v in attack_state.items()},
+                              str(tmp / "attack.safetensors"))
+            state_sha = sha256_file(tmp / "attack.safetensors") if attack_state else None
             manifest = {**manifest, "manifest_version": MANIFEST_VERSION,
                         "weights_sha256": sha256_file(tmp / "model.safetensors"), "attack_state_sha256": state_sha}
             atomic_write_json(tmp / "manifest.json", manifest)

@@ -43,19 +43,19 @@ def _interrupted_loads(path, loads: int) -> dict[str, int]:
     previous = signal.signal(signal.SIGINT, on_interrupt), signal.signal(signal.SIGALRM, on_alarm)
     try:
         for _ in range(loads):
+            outcome = "ok"
             try:
                 armed = True
                 signal.setitimer(signal.ITIMER_REAL, rng.uniform(1e-5, duration))
                 read_state(path)
-                armed = False
-                counts["ok"] += 1
             except KeyboardInterrupt:
-                armed = False
-                counts["interrupt"] += 1
+                outcome = "interrupt"
             except FipbenchError:
+                outcome = "error"
+            finally:
                 armed = False
-                counts["error"] += 1
-            signal.setitimer(signal.ITIMER_REAL, 0)
+                signal.setitimer(signal.ITIMER_REAL, 0)
+            counts[outcome] += 1
     finally:
         armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
