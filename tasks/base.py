@@ -103,6 +103,9 @@ class Hook:
     regularisers use these instead of writing their own loop.  Every method is optional."""
 
     total_steps: int | None = None  # set by `Task.fit` before `on_fit_start`: lets a hook schedule by progress
+    # set by `Task.fit` before each step: the optimiser's lr for that step over its base lr (1 when constant), so
+    # a hook that steps an optimiser of its own can follow the task's schedule
+    lr_ratio: float = 1.0
 
     def on_fit_start(self, model: nn.Module, task: Task) -> None: ...
 
@@ -257,6 +260,7 @@ class Task(abc.ABC):
                 for batch in loader:
                     batch = self.to_device(self.augment(batch, generator))
                     for h in hooks:
+                        h.lr_ratio = opt.param_groups[0]["lr"] / cfg.lr
                         batch = h.on_batch(batch, step)
                     loss = self.loss(model, batch)
                     for h in hooks:

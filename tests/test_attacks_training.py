@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -170,6 +172,30 @@ def test_input_aware_trigger_is_sample_specific_and_cross_samples_keep_clean_lab
     assert all(not torch.equal(out["x"][i], batch["x"][i]) for i in range(2 * n))
     assert torch.equal(out["x"][2 * n:], batch["x"][2 * n:])
     assert hook.div is not None and torch.isfinite(hook.div)
+
+
+@pytest.mark.parametrize("schedule", ["constant", "task"])
+def test_input_aware_generator_lr_follows_the_classifier_schedule_when_asked(task, splits, small, input_aware,
+                                                                             schedule):
+    trained, _, _ = input_aware
+    attack = InputAware(InputAwareConfig(poison_rate=0.2, lr_g_schedule=schedule), seed=0)
+    attack.load_state_dict(trained.state_dict())
+    (hook,) = attack.train_hooks(task)
+    seen = []
+    original = hook.on_step_end
+
+    def record(model, step):  # G's lr as it steps, next to the classifier's ratio for that step
+        original(model, step)
+        seen.append((hook.lr_ratio, hook.opt.param_groups[0]["lr"]))
+
+    hook.on_step_end = record
+    model = task.build_model("small_cnn", generator(0, "init"))
+    task.fit(model, small, FitConfig(steps=4, batch_size=32, lr=0.05), hooks=[hook], generator=generator(0, "f"))
+    ratios = [r for r, _ in seen]
+    assert ratios == pytest.approx([(1 + math.cos(math.pi * k / 4)) / 2 for k in range(4)])  # cosine, per step
+    expected = [0.01 * r for r in ratios] if schedule == "task" else [0.01] * 4
+    assert [lr for _, lr in seen] == pytest.approx(expected)
+    assert InputAwareConfig().to_dict() == InputAwareConfig(lr_g_schedule="constant").to_dict()  # ids kept
 
 
 # -- LIRA -----------------------------------------------------------------------------------------------------
