@@ -75,10 +75,26 @@ def test_ctrl_c_during_a_safetensors_load_stays_an_interrupt(tmp_path):
 
 
 def test_the_guard_delivers_a_held_interrupt_when_the_block_ends():
-    with pytest.raises(KeyboardInterrupt):
+    # Python's own Ctrl-C handler, whatever this process inherited: a job started in the background
+    # (`cmd &` in a script) inherits SIGINT ignored, and the guard rightly drops an ignored interrupt.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_deferred():
+                signal.raise_signal(signal.SIGINT)
+                held = True  # reached: the interrupt waited for the block to end
+        assert held
+        with interrupts_deferred():  # nothing pending: nothing raised
+            pass
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def test_the_guard_keeps_an_ignored_interrupt_ignored():
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
         with interrupts_deferred():
             signal.raise_signal(signal.SIGINT)
-            held = True  # reached: the interrupt waited for the block to end
-    assert held
-    with interrupts_deferred():  # nothing pending: nothing raised
-        pass
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN  # restored, and nothing raised
+    finally:
+        signal.signal(signal.SIGINT, previous)
