@@ -259,8 +259,9 @@ class Task(abc.ABC):
             while step < total:
                 for batch in loader:
                     batch = self.to_device(self.augment(batch, generator))
+                    lr_ratio = opt.param_groups[0]["lr"] / cfg.lr  # this step's, before sched.step()
                     for h in hooks:
-                        h.lr_ratio = opt.param_groups[0]["lr"] / cfg.lr
+                        h.lr_ratio = lr_ratio
                         batch = h.on_batch(batch, step)
                     loss = self.loss(model, batch)
                     for h in hooks:
