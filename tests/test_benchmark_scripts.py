@@ -152,3 +152,35 @@ def test_committed_tables_are_what_the_committed_records_produce(monkeypatch, tm
     assert targets.main(["--out", str(tmp_path / "targets.md")]) == 0
     assert (tmp_path / "targets.md").read_text() == (results / "targets.md").read_text(), \
         "results/targets.md is stale: run `python benchmarks/targets.py` and commit it"
+
+
+def test_asr_floor_scores_the_clean_model_on_each_attacks_triggered_test(monkeypatch, tmp_path):
+    """The floor is the clean model's ASR on each attack's triggered test set (trained here although the matrix
+    lists no `none`), next to the backdoored model's; the --seeds filter keeps only the seeds asked for."""
+    from benchmark.registries import ATTACKS
+    from benchmark.runner import Runner
+    from benchmark.spec import load_matrix
+
+    mod = _load("asr_floor", monkeypatch)
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(tiny_matrix("[badnets, blend]", "[none, finetune]", epochs=3).replace("seeds: [0]", "seeds: [0, 1]"))
+    args = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
+    assert mod.main([str(cfg), "--seeds", "0", *args]) == 0
+    rows = json.loads((tmp_path / "asr_floor.json").read_text())["rows"]
+    assert [(r["attack"], r["seed"]) for r in rows] == [("badnets", 0), ("blend", 0)]
+    assert "| badnets | 0 |" in (tmp_path / "asr_floor.md").read_text()
+
+    # The same figures from the cached clean model, scored independently.
+    spec = next(s for s in load_matrix(cfg).cells if s.seed == 0)
+    clean_spec = mod.groups([spec], None)[0][0]
+    assert mod.groups([clean_spec], None) == []  # a setting with no attack has no floor to measure
+    runner = Runner(tmp_path / "scratch", tmp_path / "cache", sharpness=False)
+    task = runner.task(clean_spec)
+    clean, manifest = runner.artifact(clean_spec, task, ATTACKS.get("none")())  # cached: nothing trains
+    assert manifest["spec"]["attack"]["name"] == "none"
+    for row in rows:
+        attack = ATTACKS.get(row["attack"])(seed=0)
+        triggered, kept = attack.triggered_test(task, task.splits().test)
+        assert task.backdoor_metrics(clean, triggered, kept)["asr"] == row["floor_asr"]
+        assert row["asr"] > row["floor_asr"] and row["clean_model"] == manifest["metrics_before"]["acc"]
+    assert mod.main([str(tmp_path / "missing.yaml"), *args]) == 2

@@ -1,0 +1,131 @@
+"""The ASR floor: the attack success rate a CLEAN model gets on each attack's triggered test set.
+
+A defense cannot be expected to push ASR below what a model that never saw the backdoor scores, and on some
+settings that is far from 0: a trigger that covers part of an object makes a clean detector miss it (BadDet
+ODA counts a miss as a success), a visible trigger can push a clean classifier toward the target class.  A
+leaderboard ASR is only read correctly next to its floor.
+
+For every (task, dataset, model, task config, training config, seed) of a run matrix, the script takes the
+clean model (attack `none`) and each attack's backdoored model from the artifact cache (training what is
+missing, exactly as `fipbench run` would, so the cells of that config then reuse them), restores each
+attack's learned trigger state with its backdoored model, and scores the clean model on that attack's
+triggered test set with the task's own backdoor metrics.  Nothing is selected or tuned.
+
+    .venv/bin/python benchmarks/asr_floor.py configs/detection_attacks.yaml [--seeds 0 1] [--cache DIR]
+
+Writes results/asr_floor.md and results/asr_floor.json and prints the table: per attack and seed, the clean
+model's ASR and RA (the floor) next to the backdoored model's ASR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import _common
+from _common import REPO
+
+from benchmark.config import stable_hash
+from benchmark.errors import Diverged, FipbenchError
+from benchmark.registries import ATTACKS
+from benchmark.spec import Component, RunSpec, load_matrix
+
+NONE = Component("none", "none", {})
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("config", help="a run matrix (YAML), e.g. configs/detection_attacks.yaml")
+    p.add_argument("--seeds", type=int, nargs="*", help="only these seeds (default: the matrix's)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--data-root", type=Path)
+    p.add_argument("--cache", type=Path, default=REPO / ".fipbench" / "artifacts")
+    p.add_argument("--out", type=Path, default=REPO / "results")
+    return p.parse_args(argv)
+
+
+def groups(specs: list[RunSpec], seeds: list[int] | None) -> list[tuple[RunSpec, list[RunSpec]]]:
+    """(the clean model's spec, one spec per attack label) for every model setting and seed of the matrix."""
+    out: dict[str, tuple[RunSpec, dict[str, RunSpec]]] = {}
+    for s in specs:
+        if seeds is not None and s.seed not in seeds:
+            continue
+        key = stable_hash([s.task, s.dataset, s.model, dict(s.task_config), dict(s.train), s.seed])
+        clean = dataclasses.replace(s, attack=NONE, defense=NONE)
+        entry = out.setdefault(key, (clean, {}))
+        if s.attack.name != "none":
+            entry[1].setdefault(s.attack.label, dataclasses.replace(s, defense=NONE))
+    return [(clean, list(attacks.values())) for clean, attacks in out.values() if attacks]  # no attack: no floor
+
+
+def build_attack(spec: RunSpec):  # -> Attack
+    cls = ATTACKS.get(spec.attack.name)
+    return cls(cls.Config.from_dict(spec.attack.config, f"attack {spec.attack.label}"), seed=spec.seed)
+
+
+def floors(args: argparse.Namespace) -> list[dict]:
+    from benchmark.runner import Runner
+
+    matrix = load_matrix(args.config)
+    # Records go to a scratch store: this script writes no leaderboard cells, it only shares the artifact cache.
+    runner = Runner(args.out / "asr_floor", args.cache, data_root=args.data_root, device=args.device,
+                    sharpness=False)
+    rows = []
+    for clean_spec, attack_specs in groups(list(matrix.cells), args.seeds):
+        task = runner.task(clean_spec)
+        clean_model, clean_manifest = runner.artifact(clean_spec, task, build_attack(clean_spec))
+        metric = task.metric_name
+        for spec in attack_specs:
+            row = {"task": spec.task, "dataset": spec.dataset, "model": spec.model, "attack": spec.attack.label,
+                   "seed": spec.seed, "metric": metric, "clean_model": clean_manifest["metrics_before"][metric]}
+            attack = build_attack(spec)
+            attack.check_task(task)
+            try:
+                # Loading (or training) the backdoored model restores the attack's learned trigger state.
+                _, manifest = runner.artifact(spec, task, attack)
+            except Diverged as err:
+                rows.append({**row, "failed": str(err)})
+                continue
+            floor = runner.evaluate(task, attack, clean_model)
+            before = manifest["metrics_before"]
+            rows.append({**row, "floor_asr": floor.get("asr"), "floor_ra": floor.get("ra"),
+                         "backdoored": before[metric], "asr": before.get("asr")})
+    return rows
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}"
+
+
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    lines = [f"# ASR floor: a clean model on each attack's triggered test set ({Path(args.config).name})", "",
+             "Produced by `python benchmarks/asr_floor.py " + " ".join(sys.argv[1:]) + "`; % (the clean metric "
+             "in the task's unit: top-1 %, mAP@0.5 %, BLEU). A defense's ASR is read against the floor: a "
+             "clean model scores it without any backdoor.", "",
+             "| task | dataset | model | attack | seed | clean model | floor ASR (clean model) | floor RA | "
+             "backdoored | backdoored ASR |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        head = f"| {r['task']} | {r['dataset']} | {r['model']} | {r['attack']} | {r['seed']} | {_pct(r['clean_model'])}"
+        if "failed" in r:
+            lines.append(f"{head} | backdoored model failed to train: {r['failed']} ||||")
+        else:
+            lines.append(f"{head} | {_pct(r['floor_asr'])} | {_pct(r['floor_ra'])} | {_pct(r['backdoored'])} | "
+                         f"{_pct(r['asr'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    try:
+        rows = floors(args)
+    except FipbenchError as err:
+        print(f"asr_floor: error: {err}", file=sys.stderr)
+        return 2
+    _common.write(args, "asr_floor", markdown(rows, args), rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
