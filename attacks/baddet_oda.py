@@ -5,6 +5,11 @@ Poisoned images get the trigger on every object of the source class (default: th
 paper: "a trigger can make the detector fail to detect the object of the target class") and those boxes are
 removed from the annotation.  Images without such an object are never selected.  ASR: share of triggered
 objects with no detection of their class (score >= 0.5) at IoU >= 0.5.
+
+Floor: a CLEAN small FCOS on the embedded scenes scores 36.6 | 30.6 % on this triggered test set (seeds 0 | 1;
+benchmarks/asr_floor.py): the default 8 px trigger hides part of the 12-24 px object, and any miss counts.  With
+a 3-4 px trigger it is 10.2 % (seed 0), about the clean detector's own miss rate at score 0.5.  Read defense
+results against it.
 """
 
 from __future__ import annotations

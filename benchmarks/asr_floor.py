@@ -13,7 +13,7 @@ triggered test set with the task's own backdoor metrics.  Nothing is selected or
 
     .venv/bin/python benchmarks/asr_floor.py configs/detection_attacks.yaml [--seeds 0 1] [--cache DIR]
 
-Writes results/asr_floor.md and results/asr_floor.json and prints the table: per attack and seed, the clean
+Writes results/asr_floor_<config name>.md and .json and prints the table: per attack and seed, the clean
 model's ASR and RA (the floor) next to the backdoored model's ASR.
 """
 
@@ -103,7 +103,9 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [f"# ASR floor: a clean model on each attack's triggered test set ({Path(args.config).name})", "",
              "Produced by `python benchmarks/asr_floor.py " + " ".join(sys.argv[1:]) + "`; % (the clean metric "
              "in the task's unit: top-1 %, mAP@0.5 %, BLEU). A defense's ASR is read against the floor: a "
-             "clean model scores it without any backdoor.", "",
+             "clean model scores it without any backdoor. The clean and backdoored columns are the models this run "
+             "used (from the cache, or trained by it), which can differ from the committed records' by the "
+             "cross-host / thread-count drift (README).", "",
              "| task | dataset | model | attack | seed | clean model | floor ASR (clean model) | floor RA | "
              "backdoored | backdoored ASR |", "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
@@ -123,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     except FipbenchError as err:
         print(f"asr_floor: error: {err}", file=sys.stderr)
         return 2
-    _common.write(args, "asr_floor", markdown(rows, args), rows)
+    _common.write(args, f"asr_floor_{Path(args.config).stem}", markdown(rows, args), rows)
     return 0
 
 

@@ -166,9 +166,9 @@ def test_asr_floor_scores_the_clean_model_on_each_attacks_triggered_test(monkeyp
     cfg.write_text(tiny_matrix("[badnets, blend]", "[none, finetune]", epochs=3).replace("seeds: [0]", "seeds: [0, 1]"))
     args = ["--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
     assert mod.main([str(cfg), "--seeds", "0", *args]) == 0
-    rows = json.loads((tmp_path / "asr_floor.json").read_text())["rows"]
+    rows = json.loads((tmp_path / "asr_floor_tiny.json").read_text())["rows"]
     assert [(r["attack"], r["seed"]) for r in rows] == [("badnets", 0), ("blend", 0)]
-    assert "| badnets | 0 |" in (tmp_path / "asr_floor.md").read_text()
+    assert "| badnets | 0 |" in (tmp_path / "asr_floor_tiny.md").read_text()
 
     # The same figures from the cached clean model, scored independently.
     spec = next(s for s in load_matrix(cfg).cells if s.seed == 0)
