@@ -91,8 +91,7 @@ class Runner:
         resolved = spec.resolved()
         task = self.task(spec)
         splits = task.splits()
-        attack_cls = ATTACKS.get(spec.attack.name)
-        attack = attack_cls(attack_cls.Config.from_dict(spec.attack.config), seed=spec.seed)
+        attack = self.attack(spec)
         attack.check_task(task)
         defense_cls = DEFENSES.get(spec.defense.name)
         defense = defense_cls(defense_cls.Config.from_dict(spec.defense.config))
@@ -154,6 +153,11 @@ class Runner:
             self._tasks[key] = task_cls(spec.dataset, task_cls.Config.from_dict(spec.task_config, "task_config"),
                                         data_root=self.data_root, device=self.device)
         return self._tasks[key]
+
+    def attack(self, spec: RunSpec) -> Any:
+        """The spec's attack, configured and seeded (its learned state comes with its artifact: `artifact`)."""
+        attack_cls = ATTACKS.get(spec.attack.name)
+        return attack_cls(attack_cls.Config.from_dict(spec.attack.config), seed=spec.seed)
 
     def evaluate(self, task: Task, attack: Any, model: torch.nn.Module) -> dict[str, float]:
         out = dict(task.metrics(model, task.splits().test))

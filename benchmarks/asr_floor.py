@@ -27,9 +27,7 @@ from pathlib import Path
 import _common
 from _common import REPO
 
-from benchmark.config import stable_hash
 from benchmark.errors import Diverged, FipbenchError
-from benchmark.registries import ATTACKS
 from benchmark.spec import Component, RunSpec, load_matrix
 
 NONE = Component("none", "none", {})
@@ -52,17 +50,11 @@ def groups(specs: list[RunSpec], seeds: list[int] | None) -> list[tuple[RunSpec,
     for s in specs:
         if seeds is not None and s.seed not in seeds:
             continue
-        key = stable_hash([s.task, s.dataset, s.model, dict(s.task_config), dict(s.train), s.seed])
         clean = dataclasses.replace(s, attack=NONE, defense=NONE)
-        entry = out.setdefault(key, (clean, {}))
+        entry = out.setdefault(clean.artifact_key(), (clean, {}))  # the clean model's address names the setting
         if s.attack.name != "none":
             entry[1].setdefault(s.attack.label, dataclasses.replace(s, defense=NONE))
     return [(clean, list(attacks.values())) for clean, attacks in out.values() if attacks]  # no attack: no floor
-
-
-def build_attack(spec: RunSpec):  # -> Attack
-    cls = ATTACKS.get(spec.attack.name)
-    return cls(cls.Config.from_dict(spec.attack.config, f"attack {spec.attack.label}"), seed=spec.seed)
 
 
 def floors(args: argparse.Namespace) -> list[dict]:
@@ -75,12 +67,12 @@ def floors(args: argparse.Namespace) -> list[dict]:
     rows = []
     for clean_spec, attack_specs in groups(list(matrix.cells), args.seeds):
         task = runner.task(clean_spec)
-        clean_model, clean_manifest = runner.artifact(clean_spec, task, build_attack(clean_spec))
+        clean_model, clean_manifest = runner.artifact(clean_spec, task, runner.attack(clean_spec))
         metric = task.metric_name
         for spec in attack_specs:
             row = {"task": spec.task, "dataset": spec.dataset, "model": spec.model, "attack": spec.attack.label,
                    "seed": spec.seed, "metric": metric, "clean_model": clean_manifest["metrics_before"][metric]}
-            attack = build_attack(spec)
+            attack = runner.attack(spec)
             attack.check_task(task)
             try:
                 # Loading (or training) the backdoored model restores the attack's learned trigger state.
@@ -99,9 +91,15 @@ def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}"
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The arguments that decide the figures (not where the cache and output live)."""
+    seeds = "" if args.seeds is None else " --seeds " + " ".join(map(str, args.seeds))
+    return f"{args.config}{seeds}"
+
+
 def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     lines = [f"# ASR floor: a clean model on each attack's triggered test set ({Path(args.config).name})", "",
-             "Produced by `python benchmarks/asr_floor.py " + " ".join(sys.argv[1:]) + "`; % (the clean metric "
+             f"Produced by `python benchmarks/asr_floor.py {_command(args)}`; % (the clean metric "
              "in the task's unit: top-1 %, mAP@0.5 %, BLEU). A defense's ASR is read against the floor: a "
              "clean model scores it without any backdoor. The clean and backdoored columns are the models this run "
              "used (from the cache, or trained by it), which can differ from the committed records' by the "
