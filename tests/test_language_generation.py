@@ -193,3 +193,34 @@ def test_fast_fip_leaves_the_untied_embeddings_alone(txt_task, text_backdoor):
     assert emb and all(torch.equal(before[f"{k}.weight"], after[f"{k}.weight"]) for k in emb)
     lin = [k for k, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     assert sum(not torch.equal(before[f"{k}.weight"], after[f"{k}.weight"]) for k in lin) > len(lin) // 2
+
+
+def test_fisher_labels_are_ancestral_samples_from_the_model(txt_task):
+    """FIP's true Fisher on text: target sequences drawn token by token from the model's own softmax, each
+    given the sampled prefix, ending at </s>; -100 after it; reproducible from the generator."""
+    model = txt_task.build_model("small_marian", generator(0, "init")).eval()
+    eos, a, b = 1, 40, 41
+    with torch.no_grad():  # three likely tokens at every step, so sequences end quickly and counts are large
+        model.final_logits_bias[0, [eos, a, b]] += torch.tensor([9.0, 9.5, 8.0])
+    batch = txt_task.collate(txt_task.splits().train[:1] * 500)
+    gen = generator(3, "fisher")
+    draws = [txt_task.sample_model_labels(model, batch, gen)["labels"] for _ in range(4)]  # 4 x [500, T_i]
+    assert torch.equal(draws[0], txt_task.sample_model_labels(model, batch, generator(3, "fisher"))["labels"])
+    labels = torch.cat([d[:, :2] for d in draws])  # [2000, 2]; every draw has >= 2 steps here
+    for row in torch.cat([torch.nn.functional.pad(d, (0, 64 - d.shape[1]), value=-100) for d in draws]):
+        ended = (row == eos).nonzero()
+        if len(ended):  # nothing but -100 after the first </s>
+            assert (row[int(ended[0]) + 1:] == -100).all()
+        assert not (row[: int(ended[0]) + 1 if len(ended) else 64] == -100).any()
+    src = {k: batch[k][:1] for k in ("input_ids", "attention_mask")}
+
+    def probs(prefix: list[int]) -> torch.Tensor:  # the model's next-token distribution [V]
+        with torch.no_grad():
+            dec = torch.tensor([[0, *prefix]])
+            return model(**src, decoder_input_ids=dec).logits[0, -1].softmax(-1)
+
+    first = torch.bincount(labels[:, 0], minlength=len(probs([])))[[eos, a, b]] / len(labels)
+    torch.testing.assert_close(first, probs([])[[eos, a, b]], atol=0.03, rtol=0)
+    after_a = labels[labels[:, 0] == a, 1]  # the second token, given a sampled first token `a`
+    second = torch.bincount(after_a.clamp_min(0), minlength=len(probs([])))[[eos, a, b]] / len(after_a)
+    torch.testing.assert_close(second, probs([a])[[eos, a, b]], atol=0.05, rtol=0)

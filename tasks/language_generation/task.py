@@ -7,8 +7,11 @@ token-level cross-entropy, corpus BLEU (sacrebleu), ASR by target phrase.
   sources are encoded with it, so a rare trigger word ("cf") becomes sub-word pieces, as in any victim whose
   vocabulary predates the poison.
 - `loss`: teacher-forced token cross-entropy; `reduction="none"` gives each sample's mean over its target
-  tokens [B] (FIP's Fisher and the sharpness figures use it; no tractable predictive distribution over whole
-  sequences is sampled, so FIP uses the empirical Fisher here).
+  tokens [B] (FIP's Fisher and the sharpness figures use it).
+- `sample_model_labels` (FIP's true Fisher): target sequences drawn from the model itself by ancestral
+  sampling (each token from the full softmax given the sampled prefix, until </s>), so E[‖∇ mean ℓ‖²] is the
+  trace of the model's own sequence-level Fisher, as for classification.  Version 1 had none, and FIP fell back
+  to the empirical Fisher at the references.
 - Clean metric `bleu`: sacrebleu's corpus BLEU of greedy (or beam, `num_beams`) outputs against the references,
   stored as a fraction like every clean metric (the leaderboard's x100 shows the usual 0-100 BLEU).
 - Backdoor metrics: `asr` is the share of triggered inputs whose output contains one of the attacker's target
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmark.config import added
-from benchmark.errors import FipbenchError
+from benchmark.errors import Diverged, FipbenchError
 from benchmark.registries import DATASETS, MODELS, TASKS
 from benchmark.rng import generator
 from tasks.base import Batch, Sample, Splits, Task, TaskConfig, labels_of, seeded_init
@@ -67,7 +70,7 @@ def target_phrase(poisoned: str, clean: str) -> str:
 @TASKS.register("language_generation")
 class LanguageGenerationTask(Task):
     modality = "text"
-    version = 1
+    version = 2  # 2: sample_model_labels (FIP's trace term uses the true Fisher; version 1 the empirical one)
     Config = LanguageGenerationConfig
     metric_name = "bleu"
     eval_batch_size = 64
@@ -143,6 +146,30 @@ class LanguageGenerationTask(Task):
         if reduction == "none":
             return (tok * mask).sum(1) / mask.sum(1).clamp_min(1)  # [B]
         return (tok * mask).sum() / mask.sum().clamp_min(1)
+
+    @torch.no_grad()
+    def sample_model_labels(self, model: nn.Module, batch: Batch, generator: torch.Generator) -> Batch:
+        """The batch with `labels` [B,T'] sampled from the model (ancestral sampling from the raw softmax, no
+        decoding heuristics), in the model's current mode; positions after a sequence's </s> are -100."""
+        cfg: LanguageGenerationConfig = self.cfg  # type: ignore[assignment]
+        pad, eos = self.tokenizer.token_to_id(PAD), self.tokenizer.token_to_id(EOS)
+        src, mask = batch["input_ids"], batch["attention_mask"]  # [B,S]
+        enc = model.get_encoder()(input_ids=src, attention_mask=mask)
+        dec = torch.full((src.shape[0], 1), pad, dtype=torch.int64, device=src.device)  # decoder starts at <pad>
+        done = torch.zeros(src.shape[0], dtype=torch.bool, device=src.device)
+        out: list[torch.Tensor] = []
+        for _ in range(cfg.max_target_tokens):
+            logits = model(encoder_outputs=enc, attention_mask=mask, decoder_input_ids=dec).logits[:, -1]  # [B,V]
+            if not bool(logits.isfinite().all()):  # the weights went non-finite in the step before
+                raise Diverged("model outputs not finite (predictive distribution for the Fisher's labels)")
+            tok = torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).flatten()
+            tok = tok.to(src.device).masked_fill(done, -100)  # [B]; finished sequences are ignored
+            out.append(tok)
+            done |= tok == eos
+            if bool(done.all()):
+                break
+            dec = torch.cat([dec, tok.masked_fill(tok == -100, pad)[:, None]], dim=1)
+        return {**batch, "labels": torch.stack(out, dim=1)}
 
     # -- decoding and metrics --------------------------------------------------------------------------------
     @torch.no_grad()
