@@ -130,10 +130,10 @@ default 89.5 / 20.6), PointBA-I 95.0 / 96.6 -> 94.0 / 7.1 (not met; default 91.5
 On a seq2seq Transformer (small_marian, embedded toy_mt translation corpus, Fan et al.'s trigger words, BLEU
 100 / ASR 100 %, 120-pair holdout; configs/text_defenses.yaml, README "Language generation"; true Fisher, i.e.
 target sequences sampled from the model, seeds 0 | 1): with SGD the trace term removes the backdoor only with
-18+ BLEU points (η_F 0.05: 94.2 / 100 | 64.7 / 0.0; 0.1: diverged | 81.8 / 15.8) and destroys the model from
-0.5 on (the default gives BLEU 0); with Adam FIP keeps the backdoor (lr 3e-4: 94.9 / 100 | 100 / 100) where FT
-with the same budget removes part of it (99.8 / 71.8 | 100 / 84.6).  Fast FIP leaves it at 100 %.  Not met.
-With the empirical Fisher (task version 1) the picture was the same (η_F 0.05: 73.3 / 7.8 | 68.2 / 0.0).
+30+ BLEU points (η_F 0.05: 94.6 / 55.8 | 69.3 / 27.6; 0.1: 85.3 / 99.6 | 33.4 / 0.0) and destroys the model
+from 0.35 on (the default gives BLEU 12.5 | 0); with Adam FIP keeps the backdoor (lr 3e-4: 100 / 100 | 87.9 /
+100) where FT with the same budget removes part of it (100 / 28.2 | 100 / 84.6).  Fast FIP leaves it at 100 %.
+Not met.  With the empirical Fisher (task version 1) the picture was the same (η_F 0.05: 73.3 / 7.8 | 68.2 / 0.0).
 
 Hyper-parameters follow the authors' released CIFAR-10 script where it states them (SGD lr 0.005, momentum
 0.95, trace term every 5 steps, η_F = 0.5, training augmentation on the holdout).  Their retention weight (5)
