@@ -9,7 +9,8 @@ Objective (DESIGN.md §4), minimised over the clean holdout D from the backdoore
 
 T(θ;B) = ‖∇_θ mean_i ℓ_i(θ)‖² by double backward, with labels drawn from the model's predictive distribution
 where the task has one (classification: E[|B|·T] = Tr F, the true Fisher's trace; sequence generation: target
-sequences sampled token by token from the model), else the given labels (detection: empirical Fisher).  F̄ is the diagonal empirical Fisher at θ̄ on D, eval mode, computed once.
+sequences sampled token by token from the model), else the given labels (detection: empirical Fisher).  F̄ is
+the diagonal empirical Fisher at θ̄ on D, eval mode, computed once.
 
 Fast FIP (`fast_fip`) trains only the singular-value shifts δ of every Conv/Linear weight
 (W = U diag(relu(σ+δ)) Vᵀ, see `defenses._spectral`), with both regularisers in δ-space, and folds the result
