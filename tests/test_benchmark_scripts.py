@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from _helpers import tiny_matrix
 
 from benchmark.store import ResultStore
@@ -184,3 +185,30 @@ def test_asr_floor_scores_the_clean_model_on_each_attacks_triggered_test(monkeyp
         assert task.backdoor_metrics(clean, triggered, kept)["asr"] == row["floor_asr"]
         assert row["asr"] > row["floor_asr"] and row["clean_model"] == manifest["metrics_before"]["acc"]
     assert mod.main([str(tmp_path / "missing.yaml"), *args]) == 2
+
+
+def test_fip_trajectory_observes_without_disturbing_the_run(monkeypatch, tmp_path):
+    """The trajectory's last point is what `fipbench run` records for the same cell (the observer only evaluates,
+    between steps), step 0 is the backdoored model, and a second invocation reuses the stored runs."""
+    from benchmark.runner import Runner
+
+    mod = _load("fip_trajectory", monkeypatch)
+    argv = ["--dataset", "digits", "--train", '{"epochs": 1, "batch_size": 64, "lr": 0.05}', "--attacks", "badnets",
+            "--defenses", "fip", "--config", '{"fit": {"steps": 6}, "trace_every": 2}', "--every", "4",
+            "--fisher-batch", "8", "--cache", str(tmp_path / "cache"), "--out", str(tmp_path)]
+    assert mod.main(argv) == 0
+    (run,) = json.loads((tmp_path / "fip_trajectory.json").read_text())["rows"]
+    assert [p["step"] for p in run["points"]] == [0, 4, 6]
+    assert all(p["fisher_trace"] > 0 for p in run["points"])
+    spec = mod._common.spec(mod.parse(argv), "badnets", "fip", {"fit": {"steps": 6}, "trace_every": 2}, 0)
+    (record,) = Runner(tmp_path / "records", tmp_path / "cache", sharpness=False).run([spec])
+    m = record["metrics"]
+    assert (run["points"][0]["acc"], run["points"][0]["asr"]) == (m["clean_before"], m["asr_before"])
+    assert (run["points"][-1]["acc"], run["points"][-1]["asr"]) == (m["clean"], m["asr"])
+    assert "| 0 | badnets | fip |" in (tmp_path / "fip_trajectory.md").read_text()
+    assert (tmp_path / "fip_trajectory.png").stat().st_size > 0
+    stored = list((tmp_path / "fip_trajectory" / "runs").glob("*.json"))
+    assert len(stored) == 1
+    monkeypatch.setattr(mod, "trajectory", lambda *a: pytest.fail("a stored run was recomputed"))
+    assert mod.main(argv) == 0
+    assert mod.main([*argv[:-2], "--out", str(tmp_path), "--config", "{bad"]) == 2

@@ -1,0 +1,225 @@
+"""What happens along a purification run: clean accuracy and ASR on the test split every few steps, next to what
+the defender can see (the task loss and accuracy on the clean holdout it trains on, and the Fisher trace there).
+
+fipbench reports a defense's last iterate and selects nothing on test data.  The FIP authors' released script
+instead evaluates the test split every 500 of its 2,000 steps and saves every checkpoint (defenses/fip.py).  On
+fipbench's models FIP's trace steps kick the model (clean accuracy falls, then recovers), so the last iterate and
+the best point of the run can differ a lot.  This script measures that gap: whether a run passes through a
+state that meets the issue's target (ASR <= 5 % within 3 points of the backdoored model's clean accuracy) that
+its last iterate misses, and whether anything the defender can see (holdout figures) would find it.  It is a
+diagnostic: the test figures it prints never feed back into the run, and nothing here changes a default.
+
+    .venv/bin/python benchmarks/fip_trajectory.py --threads 2 --seeds 0 1   # ~30 min on 2 CPU cores
+
+The run is the one `fipbench run` makes for the same cell (same model, holdout, generators; the observer only
+evaluates, in eval mode, between steps): its last point is the cell's record.  Writes results/fip_trajectory.{md,
+json,png}; each run is kept under results/<name>/runs/ (so the script resumes, and processes running other seeds
+can share the directory: run one per seed, then once with every seed to write the tables); backdoored models
+are cached under --cache as for every cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import _common  # a sibling file (the scripts run as files); it puts the repository on sys.path
+import torch
+from benchmark._io import atomic_write_json
+from benchmark.config import stable_hash
+from benchmark.errors import FipbenchError
+from benchmark.registries import DEFENSES
+from benchmark.rng import generator
+from benchmark.runner import Runner
+from defenses.fisher import fisher_trace
+from tasks.base import Hook, Task
+
+ASR_BOUND, DROP_BOUND = 0.05, 0.03  # issue 2's FIP target
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _common.add_model_args(p)
+    p.add_argument("--attacks", nargs="*", default=["badnets", "blend"])
+    p.add_argument("--defenses", nargs="*", default=["fip", "finetune", "fast_fip"])
+    p.add_argument("--config", default="{}", help="defense config overrides as JSON, applied to every defense")
+    p.add_argument("--seeds", type=int, nargs="*", default=[0])
+    p.add_argument("--every", type=int, default=10, help="evaluate every N steps")
+    p.add_argument("--fisher-batch", type=int, default=128, help="holdout samples for Tr(F) (0: not measured)")
+    p.add_argument("--name", default="fip_trajectory", help="results/<name>.{md,json,png}")
+    return p.parse_args(argv)
+
+
+class Observer(Hook):
+    """Scores the model at step 0 and every `every` steps (and the last); restores train mode afterwards."""
+
+    def __init__(self, every: int, score):
+        self.every, self.score, self.points = every, score, []
+
+    def on_fit_start(self, model, task) -> None:
+        self._score(model, 0)
+
+    def on_step_end(self, model, step: int) -> None:
+        if step % self.every == 0 or step == self.total_steps:
+            self._score(model, step)
+
+    def _score(self, model, step: int) -> None:
+        was_training = model.training
+        self.points.append(self.score(model, step))
+        model.train(was_training)
+
+
+def scorer(runner: Runner, task: Task, attack, args: argparse.Namespace):
+    holdout = task.splits().holdout
+    fixed = [holdout[i] for i in range(min(args.fisher_batch, len(holdout)))]
+
+    def score(model: torch.nn.Module, step: int) -> dict:
+        with torch.no_grad():
+            test = runner.evaluate(task, attack, model)
+            batch = task.to_device(task.collate(list(holdout)))
+            model.eval()
+            hold_loss = float(task.loss(model, batch))
+        hold_acc = task.metrics(model, holdout)[task.metric_name]
+        point = {"step": step, "acc": test[task.metric_name], "asr": test.get("asr"), "holdout_loss": hold_loss,
+                 "holdout_acc": hold_acc, "fisher_trace": None}
+        if fixed:  # every floating-point weight, frozen or not, so FT, FIP and Fast FIP compare
+            params = [p for p in model.parameters() if p.is_floating_point()]
+            frozen = [p for p in params if not p.requires_grad]
+            for p in frozen:
+                p.requires_grad_(True)
+            point["fisher_trace"] = fisher_trace(model, fixed, task, params)
+            for p in frozen:
+                p.requires_grad_(False)
+        return point
+
+    return score
+
+
+def trajectory(runner: Runner, spec, args: argparse.Namespace) -> dict:
+    task, attack = runner.task(spec), runner.attack(spec)
+    model, manifest = runner.artifact(spec, task, attack)
+    defense_cls = DEFENSES.get(spec.defense.name)
+    defense = defense_cls(defense_cls.Config.from_dict(spec.defense.config))
+    observer = Observer(args.every, scorer(runner, task, attack, args))
+    plain_fit = task.fit
+
+    def observed_fit(*a, hooks=(), **kw):  # the defense's own hooks first, then the observer
+        return plain_fit(*a, hooks=[*hooks, observer], **kw)
+
+    task.fit = observed_fit  # an instance attribute: this task object only, removed below
+    start = time.perf_counter()
+    try:
+        purified = defense.purify(copy.deepcopy(model), task.splits().holdout, task,
+                                  rng=generator(spec.seed, "defense", spec.defense.name))
+    finally:
+        del task.fit
+    seconds = time.perf_counter() - start
+    final = runner.evaluate(task, attack, purified)
+    before = manifest["metrics_before"]
+    return {"seed": spec.seed, "attack": spec.attack.label, "defense": spec.defense.label,
+            "config": spec.resolved()["defense"]["config"], "acc_before": before[task.metric_name],
+            "asr_before": before.get("asr"), "acc": final[task.metric_name], "asr": final.get("asr"),
+            "seconds": seconds, "points": observer.points}
+
+
+def meets(point: dict, acc_before: float) -> bool:
+    return point["asr"] <= ASR_BOUND and acc_before - point["acc"] <= DROP_BOUND
+
+
+def summary(run: dict) -> dict:
+    """The last point, the best target-meeting point (highest acc), the lowest-ASR point, and the point a
+    defender would pick by holdout loss alone (the lowest), as (step, acc, asr)."""
+    pts = run["points"][1:]  # step 0 is the backdoored model
+    ok = [p for p in pts if meets(p, run["acc_before"])]
+
+    def brief(p: dict | None):
+        return None if p is None else (p["step"], p["acc"], p["asr"])
+    return {"last": brief(pts[-1]), "met_at": [p["step"] for p in ok],
+            "best_met": brief(max(ok, key=lambda p: p["acc"], default=None)),
+            "min_asr": brief(min(pts, key=lambda p: (p["asr"], -p["acc"]))),
+            "holdout_pick": brief(min(pts, key=lambda p: p["holdout_loss"]))}
+
+
+def markdown(runs: list[dict], args: argparse.Namespace) -> str:
+    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
+    cell = lambda b: "–" if b is None else f"{pct(b[1])} / {pct(b[2])} @ {b[0]}"  # noqa: E731
+    lines = [f"# Purification trajectories: {args.dataset} / {args.model}", "",
+             "Produced by `python benchmarks/fip_trajectory.py " + " ".join(sys.argv[1:]) + "`. Clean accuracy % / "
+             f"ASR % on the test split @ step, evaluated every {args.every} steps of each defense's default budget "
+             "(plus overrides " + args.config + "). Target: ASR ≤ 5 % within 3 points of the backdoored model. "
+             "'holdout pick': the point with the lowest task loss on the clean holdout (what a defender could "
+             "select on); 'steps meeting': how many evaluated points meet the target.", "",
+             "| seed | attack | defense | backdoored | last iterate | best point meeting the target | steps meeting "
+             "| lowest ASR | holdout pick |", "|---:|---|---|---|---|---|---:|---|---|"]
+    for r in runs:
+        s = summary(r)
+        lines.append(f"| {r['seed']} | {r['attack']} | {r['defense']} | {pct(r['acc_before'])} / "
+                     f"{pct(r['asr_before'])} | {cell(s['last'])} | {cell(s['best_met'])} | "
+                     f"{len(s['met_at'])} of {len(r['points']) - 1} | {cell(s['min_asr'])} | "
+                     f"{cell(s['holdout_pick'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(runs), 1, figsize=(7, 2.2 * len(runs)), squeeze=False, sharex=True)
+    for ax, r in zip(axes[:, 0], runs):
+        steps = [p["step"] for p in r["points"]]
+        ax.plot(steps, [100 * p["acc"] for p in r["points"]], label="test acc %")
+        ax.plot(steps, [100 * p["asr"] for p in r["points"]], label="test ASR %")
+        ax.plot(steps, [100 * p["holdout_acc"] for p in r["points"]], ":", label="holdout acc %")
+        ax.axhline(100 * ASR_BOUND, color="grey", lw=0.5)
+        ax.set_title(f"seed {r['seed']} {r['attack']} / {r['defense']}", fontsize=8)
+        ax.set_ylim(-2, 102)
+    axes[0, 0].legend(fontsize=7, loc="center right")
+    axes[-1, 0].set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        overrides = json.loads(args.config)
+        runner = Runner(args.out / args.name, args.cache, data_root=args.data_root, device=args.device,
+                        sharpness=False)
+        runs = []
+        for seed in args.seeds:
+            for attack in args.attacks:
+                for defense in args.defenses:
+                    spec = _common.spec(args, attack, defense, overrides, seed)
+                    # One file per run: an interrupted script resumes, and processes running other seeds
+                    # (e.g. one per core) fill the same directory.
+                    key = stable_hash([spec.resolved(), args.every, args.fisher_batch])
+                    path = args.out / args.name / "runs" / f"{seed}-{attack}-{defense}-{key}.json"
+                    if not path.exists():
+                        atomic_write_json(path, trajectory(runner, spec, args))
+                    runs.append(json.loads(path.read_text()))
+                    s = summary(runs[-1])
+                    print(f"seed {seed} {attack} / {defense}: last {s['last']}, meets at {s['met_at']}", flush=True)
+    except (FipbenchError, json.JSONDecodeError) as err:
+        print(f"{args.name}: error: {err}", file=sys.stderr)
+        return 2
+    # The last point is the model the defense returns (Fast FIP's folded back up to float rounding): a gap means
+    # the observer disturbed the run.
+    off = [r for r in runs if abs(r["points"][-1]["acc"] - r["acc"]) > 0.002 or not math.isfinite(r["acc"])]
+    if off:
+        print(f"{args.name}: warning: last point differs from the returned model in {len(off)} runs", file=sys.stderr)
+    _common.write(args, args.name, markdown(runs, args), runs)
+    plot(runs, args.out / f"{args.name}.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
