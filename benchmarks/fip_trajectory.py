@@ -1,5 +1,6 @@
 """What happens along a purification run: clean accuracy and ASR on the test split every few steps, next to what
-the defender can see (the task loss and accuracy on the clean holdout it trains on, and the Fisher trace there).
+the defender can see (the task loss and accuracy on the clean holdout it trains on), and the Fisher trace on
+that holdout and on clean test images.
 
 fipbench reports a defense's last iterate and selects nothing on test data.  The FIP authors' released script
 instead evaluates the test split every 500 of its 2,000 steps and saves every checkpoint (defenses/fip.py).  On
@@ -9,19 +10,22 @@ state that meets the issue's target (ASR <= 5 % within 3 points of the backdoore
 its last iterate misses, and whether anything the defender can see (holdout figures) would find it.  It is a
 diagnostic: the test figures it prints never feed back into the run, and nothing here changes a default.
 
-    .venv/bin/python benchmarks/fip_trajectory.py --threads 2 --seeds 0 1   # ~30 min on 2 CPU cores
+    .venv/bin/python benchmarks/fip_trajectory.py --threads 1 --seeds 0 &   # one process per core: ~15 min
+    .venv/bin/python benchmarks/fip_trajectory.py --threads 1 --seeds 1       # each, plus training the models
+    .venv/bin/python benchmarks/fip_trajectory.py --seeds 0 1                 # the tables, from the stored runs
 
 The run is the one `fipbench run` makes for the same cell (same model, holdout, generators; the observer only
-evaluates, in eval mode, between steps): its last point is the cell's record.  Writes results/fip_trajectory.{md,
-json,png}; each run is kept under results/<name>/runs/ (so the script resumes, and processes running other seeds
-can share the directory: run one per seed, then once with every seed to write the tables); backdoored models
-are cached under --cache as for every cell.
+evaluates, in eval mode, between steps): on the same backdoored model its last point is the cell's record.
+Writes results/<name>.{md,json,png} (default name fip_trajectory); each run is kept under results/<name>/runs/
+(so the script resumes, and processes running other seeds can share the directory, as above); backdoored
+models are cached under --cache as for every cell.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import sys
@@ -37,9 +41,10 @@ from benchmark.registries import DEFENSES
 from benchmark.rng import generator
 from benchmark.runner import Runner
 from defenses.fisher import fisher_trace
-from tasks.base import Hook, Task
+from tasks.base import Hook, Sample, Task
 
 ASR_BOUND, DROP_BOUND = 0.05, 0.03  # issue 2's FIP target
+POINT_VERSION = 3  # what a stored point holds; part of a stored run's key
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -50,7 +55,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", default="{}", help="defense config overrides as JSON, applied to every defense")
     p.add_argument("--seeds", type=int, nargs="*", default=[0])
     p.add_argument("--every", type=int, default=10, help="evaluate every N steps")
-    p.add_argument("--fisher-batch", type=int, default=128, help="holdout samples for Tr(F) (0: not measured)")
+    p.add_argument("--fisher-batch", type=int, default=128, help="samples for Tr(F), holdout and test (0: none)")
     p.add_argument("--name", default="fip_trajectory", help="results/<name>.{md,json,png}")
     return p.parse_args(argv)
 
@@ -75,29 +80,44 @@ class Observer(Hook):
 
 
 def scorer(runner: Runner, task: Task, attack, args: argparse.Namespace):
-    holdout = task.splits().holdout
-    fixed = [holdout[i] for i in range(min(args.fisher_batch, len(holdout)))]
+    holdout, test = task.splits().holdout, task.splits().test
+    # Tr(F) of the true Fisher (labels drawn from the model, as FIP's T): the empirical one (true labels) mostly
+    # follows the loss, falling on the holdout a defense fits and rising on test data where it overfits.  On the
+    # holdout and on clean test images, where the defense never trained.
+    fixed = {"holdout": [holdout[i] for i in range(min(args.fisher_batch, len(holdout)))],
+             "test": [test[i] for i in range(min(args.fisher_batch, len(test)))]}
 
     def score(model: torch.nn.Module, step: int) -> dict:
         with torch.no_grad():
-            test = runner.evaluate(task, attack, model)
+            metrics = runner.evaluate(task, attack, model)
             batch = task.to_device(task.collate(list(holdout)))
             model.eval()
             hold_loss = float(task.loss(model, batch))
         hold_acc = task.metrics(model, holdout)[task.metric_name]
-        point = {"step": step, "acc": test[task.metric_name], "asr": test.get("asr"), "holdout_loss": hold_loss,
-                 "holdout_acc": hold_acc, "fisher_trace": None}
-        if fixed:  # every floating-point weight, frozen or not, so FT, FIP and Fast FIP compare
-            params = [p for p in model.parameters() if p.is_floating_point()]
-            frozen = [p for p in params if not p.requires_grad]
-            for p in frozen:
-                p.requires_grad_(True)
-            point["fisher_trace"] = fisher_trace(model, fixed, task, params)
-            for p in frozen:
-                p.requires_grad_(False)
+        point = {"step": step, "acc": metrics[task.metric_name], "asr": metrics.get("asr"),
+                 "holdout_loss": hold_loss, "holdout_acc": hold_acc}
+        # Every floating-point weight, frozen or not, so that FT, FIP and Fast FIP compare (Fast FIP's shifts δ
+        # aside: its layers' `original` weights carry the same gradient as the plain weights).
+        params = [p for n, p in model.named_parameters() if p.is_floating_point() and not n.endswith(".delta")]
+        frozen = [p for p in params if not p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(True)
+        for split, samples in fixed.items():
+            point[f"fisher_trace_{split}"] = model_fisher_trace(model, samples, task, params) if samples else None
+        for p in frozen:
+            p.requires_grad_(False)
         return point
 
     return score
+
+
+def model_fisher_trace(model: torch.nn.Module, samples: list[Sample], task: Task, params: list) -> float:
+    """Tr of the true Fisher over `samples`: one label per sample drawn from the model (the same uniform stream
+    at every call), then the per-sample squared gradient norms."""
+    model.eval()
+    batch = task.to_device(task.collate(samples))
+    drawn = task.sample_model_labels(model, batch, generator(0, "trajectory-fisher-labels"))["y"].tolist()
+    return fisher_trace(model, [dataclasses.replace(s, y=y) for s, y in zip(samples, drawn)], task, params)
 
 
 def trajectory(runner: Runner, spec, args: argparse.Namespace) -> dict:
@@ -145,23 +165,35 @@ def summary(run: dict) -> dict:
             "holdout_pick": brief(min(pts, key=lambda p: p["holdout_loss"]))}
 
 
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def _cell(b: tuple | None) -> str:
+    return "–" if b is None else f"{_pct(b[1])} / {_pct(b[2])} @ {b[0]}"
+
+
+def _trace(point: dict) -> str:
+    return "–" if point.get("fisher_trace_test") is None else f"{point['fisher_trace_test']:.0f}"
+
+
 def markdown(runs: list[dict], args: argparse.Namespace) -> str:
-    pct = lambda x: f"{100 * x:.1f}"  # noqa: E731
-    cell = lambda b: "–" if b is None else f"{pct(b[1])} / {pct(b[2])} @ {b[0]}"  # noqa: E731
     lines = [f"# Purification trajectories: {args.dataset} / {args.model}", "",
              "Produced by `python benchmarks/fip_trajectory.py " + " ".join(sys.argv[1:]) + "`. Clean accuracy % / "
              f"ASR % on the test split @ step, evaluated every {args.every} steps of each defense's default budget "
              "(plus overrides " + args.config + "). Target: ASR ≤ 5 % within 3 points of the backdoored model. "
              "'holdout pick': the point with the lowest task loss on the clean holdout (what a defender could "
-             "select on); 'steps meeting': how many evaluated points meet the target.", "",
+             "select on); 'steps meeting': how many evaluated points meet the target; Tr F: the Fisher trace (labels "
+             f"drawn from the model) over {args.fisher_batch} clean test images, at the start → at the last point.",
+             "",
              "| seed | attack | defense | backdoored | last iterate | best point meeting the target | steps meeting "
-             "| lowest ASR | holdout pick |", "|---:|---|---|---|---|---|---:|---|---|"]
+             "| lowest ASR | holdout pick | Tr F (test) |", "|---:|---|---|---|---|---|---:|---|---|---|"]
     for r in runs:
         s = summary(r)
-        lines.append(f"| {r['seed']} | {r['attack']} | {r['defense']} | {pct(r['acc_before'])} / "
-                     f"{pct(r['asr_before'])} | {cell(s['last'])} | {cell(s['best_met'])} | "
-                     f"{len(s['met_at'])} of {len(r['points']) - 1} | {cell(s['min_asr'])} | "
-                     f"{cell(s['holdout_pick'])} |")
+        lines.append(f"| {r['seed']} | {r['attack']} | {r['defense']} | {_pct(r['acc_before'])} / "
+                     f"{_pct(r['asr_before'])} | {_cell(s['last'])} | {_cell(s['best_met'])} | "
+                     f"{len(s['met_at'])} of {len(r['points']) - 1} | {_cell(s['min_asr'])} | "
+                     f"{_cell(s['holdout_pick'])} | {_trace(r['points'][0])} → {_trace(r['points'][-1])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -201,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                     spec = _common.spec(args, attack, defense, overrides, seed)
                     # One file per run: an interrupted script resumes, and processes running other seeds
                     # (e.g. one per core) fill the same directory.
-                    key = stable_hash([spec.resolved(), args.every, args.fisher_batch])
+                    key = stable_hash([spec.resolved(), args.every, args.fisher_batch, POINT_VERSION])
                     path = args.out / args.name / "runs" / f"{seed}-{attack}-{defense}-{key}.json"
                     if not path.exists():
                         atomic_write_json(path, trajectory(runner, spec, args))

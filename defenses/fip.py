@@ -78,6 +78,14 @@ the clean model's Fisher trace): BadNets 78.4 / 5.1 | 92.2 / 5.3 %, Blend 93.2 /
 97.0 / 92.2 | 97.3 / 97.9 and 97.6 / 100 | 97.4 / 100; Fast FIP 100 % everywhere): training to convergence does
 not make the defaults meet the target either.
 
+Along the run (benchmarks/fip_trajectory.py: test figures every 10 steps of the default budget, the same runs as
+the records; 60-epoch BadNets / Blend, seeds 0 | 1): within 40-90 steps clean accuracy falls to 15-33 % (ASR
+0 on the way), then model and backdoor are relearnt from the 200-image holdout: from step 150 on BadNets stays
+mostly removed (ASR 1-30 %), Blend's backdoor is back with the accuracy (74-99 %).  No evaluated point of any
+run meets the target, so no checkpoint choice, test-based or not, would have met it.  The true Fisher trace
+on clean test images does not track the backdoor: Fast FIP lowers it 2-6.5x (164 -> 76, 409 -> 63, 318 -> 69)
+and leaves ASR at 100 %, and FIP's seed-0 BadNets run ends sharper than it started (164 -> 581) at ASR 5.1 %.
+
 With the paper's classifier instead of the small CNN (PreActResNet-18, configs/image_preact.yaml: the same data,
 split, 10-epoch training and defaults; seeds 0 | 1 | 2, one run each): BadNets 99.1 / 100 | 98.8 / 100 | 98.4 /
 100 % -> FIP 97.7 / 4.1 | 98.1 / 98.3 | 96.4 / 35.1 %, met on seed 0 only (FT 98.6 / 99.4 | 98.2 / 100 | 98.4 /

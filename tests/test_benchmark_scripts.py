@@ -199,7 +199,7 @@ def test_fip_trajectory_observes_without_disturbing_the_run(monkeypatch, tmp_pat
     assert mod.main(argv) == 0
     (run,) = json.loads((tmp_path / "fip_trajectory.json").read_text())["rows"]
     assert [p["step"] for p in run["points"]] == [0, 4, 6]
-    assert all(p["fisher_trace"] > 0 for p in run["points"])
+    assert all(p["fisher_trace_test"] > 0 and p["fisher_trace_holdout"] > 0 for p in run["points"])
     spec = mod._common.spec(mod.parse(argv), "badnets", "fip", {"fit": {"steps": 6}, "trace_every": 2}, 0)
     (record,) = Runner(tmp_path / "records", tmp_path / "cache", sharpness=False).run([spec])
     m = record["metrics"]
