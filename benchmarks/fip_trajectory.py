@@ -81,9 +81,9 @@ class Observer(Hook):
 
 def scorer(runner: Runner, task: Task, attack, args: argparse.Namespace):
     holdout, test = task.splits().holdout, task.splits().test
-    # Tr(F) of the true Fisher (labels drawn from the model, as FIP's T): the empirical one (true labels) mostly
-    # follows the loss, falling on the holdout a defense fits and rising on test data where it overfits.  On the
-    # holdout and on clean test images, where the defense never trained.
+    # Tr(F) of the true Fisher (labels drawn from the model, as FIP's T; the empirical one mostly follows the
+    # loss).  On the holdout, which a tuning defense fits (FT drives it towards 0 there), and on clean test images,
+    # where no defense trained.
     fixed = {"holdout": [holdout[i] for i in range(min(args.fisher_batch, len(holdout)))],
              "test": [test[i] for i in range(min(args.fisher_batch, len(test)))]}
 
