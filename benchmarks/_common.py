@@ -21,6 +21,7 @@ from benchmark.spec import Component, RunSpec  # noqa: E402
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     """Where the backdoored model comes from and where the cells run; defaults: the quick preset's model."""
+    p.add_argument("--task", default="image_classification")
     p.add_argument("--dataset", default="mnist5k")
     p.add_argument("--model", default="small_cnn")
     p.add_argument("--holdout-fraction", type=float, default=0.05)
@@ -34,7 +35,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def spec(args: argparse.Namespace, attack: str, defense: str, config: dict[str, Any], seed: int) -> RunSpec:
-    return RunSpec(task="image_classification", dataset=args.dataset, model=args.model,
+    return RunSpec(task=args.task, dataset=args.dataset, model=args.model,
                    attack=Component(attack, attack, {}), defense=Component(defense, defense, config), seed=seed,
                    task_config={"holdout_fraction": args.holdout_fraction}, train=json.loads(args.train))
 

@@ -85,6 +85,8 @@ mostly removed (ASR 1-30 %), Blend's backdoor is back with the accuracy (74-99 %
 run meets the target, so no checkpoint choice, test-based or not, would have met it.  The true Fisher trace
 on clean test images does not track the backdoor: Fast FIP lowers it 2-6.5x (164 -> 76, 409 -> 63, 318 -> 69)
 and leaves ASR at 100 %, and FIP's seed-0 BadNets run ends sharper than it started (164 -> 581) at ASR 5.1 %.
+The 3D CNN (BadNets) collapses the same way (seed 0: 98.5 -> 14.7 % at step 20); PointNet does not, and
+PointBA-O's ASR falls gradually to 5.4 % at step 210 (seed 0, 1.2 points down), then climbs back to 28.9 %.
 
 With the paper's classifier instead of the small CNN (PreActResNet-18, configs/image_preact.yaml: the same data,
 split, 10-epoch training and defaults; seeds 0 | 1 | 2, one run each): BadNets 99.1 / 100 | 98.8 / 100 | 98.4 /
