@@ -90,11 +90,10 @@ class Runner:
     def run_cell(self, spec: RunSpec) -> Record:
         resolved = spec.resolved()
         task = self.task(spec)
-        splits = task.splits()
+        task.splits()  # loaded first (cached by the task): a missing or malformed dataset fails before anything runs
         attack = self.attack(spec)
         attack.check_task(task)
-        defense_cls = DEFENSES.get(spec.defense.name)
-        defense = defense_cls(defense_cls.Config.from_dict(spec.defense.config))
+        defense = self.defense(spec)
         try:
             model, manifest = self.artifact(spec, task, attack)
         except Diverged as err:  # `artifact` remembered the failure, with what the record needs
@@ -111,9 +110,7 @@ class Runner:
         diverged = None
         try:
             with PeakMemory(task.device) as memory:
-                # The defense sees the clean holdout only: never the poisoned training split or the test split.
-                model = defense.purify(model, splits.holdout, task,
-                                       rng=generator(spec.seed, "defense", spec.defense.name))
+                model = self.purify(spec, defense, task, model)
             if not _finite(model):  # a defense with its own loop: evaluating it would score NaN outputs
                 raise Diverged("weights not finite after the defense")
         except NotApplicable as err:  # the method does not fit this architecture: a skip, like a modality
@@ -158,6 +155,17 @@ class Runner:
         """The spec's attack, configured and seeded (its learned state comes with its artifact: `artifact`)."""
         attack_cls = ATTACKS.get(spec.attack.name)
         return attack_cls(attack_cls.Config.from_dict(spec.attack.config), seed=spec.seed)
+
+    def defense(self, spec: RunSpec) -> Any:
+        """The spec's defense, configured."""
+        defense_cls = DEFENSES.get(spec.defense.name)
+        return defense_cls(defense_cls.Config.from_dict(spec.defense.config))
+
+    def purify(self, spec: RunSpec, defense: Any, task: Task, model: torch.nn.Module) -> torch.nn.Module:
+        """`defense` run on `model` (changed in place) with the cell's generator."""
+        # The defense sees the clean holdout only: never the poisoned training split or the test split.
+        return defense.purify(model, task.splits().holdout, task,
+                              rng=generator(spec.seed, "defense", spec.defense.name))
 
     def evaluate(self, task: Task, attack: Any, model: torch.nn.Module) -> dict[str, float]:
         out = dict(task.metrics(model, task.splits().test))

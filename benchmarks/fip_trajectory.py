@@ -37,10 +37,9 @@ import torch
 from benchmark._io import atomic_write_json
 from benchmark.config import stable_hash
 from benchmark.errors import FipbenchError
-from benchmark.registries import DEFENSES
 from benchmark.rng import generator
 from benchmark.runner import Runner
-from defenses.fisher import fisher_trace
+from defenses.fisher import differentiable, fisher_trace
 from tasks.base import Hook, Sample, Task
 
 ASR_BOUND, DROP_BOUND = 0.05, 0.03  # issue 2's FIP target
@@ -86,26 +85,22 @@ def scorer(runner: Runner, task: Task, attack, args: argparse.Namespace):
     # where no defense trained.
     fixed = {"holdout": [holdout[i] for i in range(min(args.fisher_batch, len(holdout)))],
              "test": [test[i] for i in range(min(args.fisher_batch, len(test)))]}
+    holdout_batch = task.to_device(task.collate(list(holdout)))  # the whole holdout, for its loss
 
     def score(model: torch.nn.Module, step: int) -> dict:
         with torch.no_grad():
             metrics = runner.evaluate(task, attack, model)
-            batch = task.to_device(task.collate(list(holdout)))
             model.eval()
-            hold_loss = float(task.loss(model, batch))
+            hold_loss = float(task.loss(model, holdout_batch))
         hold_acc = task.metrics(model, holdout)[task.metric_name]
         point = {"step": step, "acc": metrics[task.metric_name], "asr": metrics.get("asr"),
                  "holdout_loss": hold_loss, "holdout_acc": hold_acc}
         # Every floating-point weight, frozen or not, so that FT, FIP and Fast FIP compare (Fast FIP's shifts δ
         # aside: its layers' `original` weights carry the same gradient as the plain weights).
         params = [p for n, p in model.named_parameters() if p.is_floating_point() and not n.endswith(".delta")]
-        frozen = [p for p in params if not p.requires_grad]
-        for p in frozen:
-            p.requires_grad_(True)
-        for split, samples in fixed.items():
-            point[f"fisher_trace_{split}"] = model_fisher_trace(model, samples, task, params) if samples else None
-        for p in frozen:
-            p.requires_grad_(False)
+        with differentiable(params):
+            for split, samples in fixed.items():
+                point[f"fisher_trace_{split}"] = model_fisher_trace(model, samples, task, params) if samples else None
         return point
 
     return score
@@ -123,8 +118,7 @@ def model_fisher_trace(model: torch.nn.Module, samples: list[Sample], task: Task
 def trajectory(runner: Runner, spec, args: argparse.Namespace) -> dict:
     task, attack = runner.task(spec), runner.attack(spec)
     model, manifest = runner.artifact(spec, task, attack)
-    defense_cls = DEFENSES.get(spec.defense.name)
-    defense = defense_cls(defense_cls.Config.from_dict(spec.defense.config))
+    defense = runner.defense(spec)
     observer = Observer(args.every, scorer(runner, task, attack, args))
     plain_fit = task.fit
 
@@ -134,8 +128,7 @@ def trajectory(runner: Runner, spec, args: argparse.Namespace) -> dict:
     task.fit = observed_fit  # an instance attribute: this task object only, removed below
     start = time.perf_counter()
     try:
-        purified = defense.purify(copy.deepcopy(model), task.splits().holdout, task,
-                                  rng=generator(spec.seed, "defense", spec.defense.name))
+        purified = runner.purify(spec, defense, task, copy.deepcopy(model))
     finally:
         del task.fit
     seconds = time.perf_counter() - start

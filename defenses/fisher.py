@@ -50,6 +50,20 @@ def second_order(what: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def differentiable(params: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Within: every tensor of `params` requires grad, so that figures cover what a defense left frozen; the
+    frozen ones are frozen again on the way out."""
+    frozen = [p for p in params if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
+@contextlib.contextmanager
 def frozen_norm_stats(model: nn.Module) -> Iterator[None]:
     """Extra train-mode forwards (a regulariser's own forward, label sampling) still normalise with batch
     statistics but leave BatchNorm's running statistics as the one ordinary forward per step left them."""
@@ -183,13 +197,10 @@ def sharpness(model: nn.Module, data: Sequence[Sample], task: Task, *, generator
     batch = task.to_device(task.collate(fixed))
     # Every floating-point parameter, whatever a defense left frozen, so figures compare across defenses.
     params = [p for p in model.parameters() if p.is_floating_point()]
-    frozen = [p for p in params if not p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(True)
     try:
         # Parameters the loss never reaches (a Transformer's fixed sinusoidal position table) have no Hessian.
         model.eval()
-        with second_order("the sharpness figures (Hessian-vector products)"):
+        with differentiable(params), second_order("the sharpness figures (Hessian-vector products)"):
             used = torch.autograd.grad(task.loss(model, batch), params, allow_unused=True)
             params = [p for p, g in zip(params, used) if g is not None]
             out = {"hessian_max_eig": hessian_max_eigenvalue(model, batch, task, params, generator=generator),
@@ -199,7 +210,5 @@ def sharpness(model: nn.Module, data: Sequence[Sample], task: Task, *, generator
         if bad:
             raise FloatingPointError(f"sharpness figures not finite: {bad}")
     finally:
-        for p in frozen:
-            p.requires_grad_(False)
         model.train(was_training)
     return out
