@@ -16,7 +16,12 @@ A cell recorded as failed (its training diverged, see benchmark/runner.py) fails
 model that did not train fails the attack's, a defense that diverged fails the defense's; both show "failed".
 A setting or defense row is "met" when every seed it was run on meets the target, "met on k of n seeds" when
 some do.  Issue 2's stricter bar for BadNets and Blend on the quick preset (ASR >= 95 % within 2 points) is
-not applied here.  Writes results/targets.md and prints it.
+not applied here.
+
+Beside the absolute targets it sets FIP and Fast FIP against fine-tuning at the same budget: every FIP-family
+run is paired with each `finetune` run on the same backdoored model (artifact key) and seed whose `fit` config is
+identical (optimiser, lr, schedule, steps, batch), so the two differ only by FIP's regularisers.  Per pair: the
+ASR FIP removes beyond FT and the clean points it costs beyond FT.  Writes results/targets.md and prints it.
 """
 
 from __future__ import annotations
@@ -118,6 +123,84 @@ def check(records: list[dict]) -> tuple[dict, dict]:
             {k: sorted(v, key=lambda x: x.seed) for k, v in defenses.items()})
 
 
+@dataclasses.dataclass(frozen=True)
+class Pair:
+    """One seed of one backdoored model purified by a FIP-family run and by FT with the identical fit budget."""
+    seed: int
+    before: float  # clean metric of the backdoored model, points
+    fip: tuple[float, float]  # (clean, ASR) after FIP
+    ft: tuple[float, float]  # (clean, ASR) after FT
+
+    @property
+    def asr_gain(self) -> float:  # points of ASR FIP removes beyond FT (> 0: FIP lower)
+        return self.ft[1] - self.fip[1]
+
+    @property
+    def extra_drop(self) -> float:  # clean points FIP costs beyond FT (> 0: FIP lower)
+        return self.ft[0] - self.fip[0]
+
+
+def _twin(r: dict) -> tuple:
+    """What a FIP run and its FT twin share: the backdoored model (artifact key; its attack label too), the seed
+    and the fit budget."""
+    s = r["spec"]
+    return r["artifact_key"], s["attack_label"], s["seed"], _canon(r["config"]["defense"]["config"]["fit"])
+
+
+def pairs(records: list[dict]) -> dict[tuple, list[Pair]]:
+    """{(task, dataset, model, attack label, FIP label, FIP name, FT label): [Pair per seed]}, ok records only."""
+    records = latest(records)
+    fits: dict[tuple, list[dict]] = defaultdict(list)  # _twin -> FT records
+    for r in records:
+        if r["spec"]["defense"] == "finetune" and r["metrics"]["asr"] is not None:
+            fits[_twin(r)].append(r)
+    out: dict[tuple, list[Pair]] = defaultdict(list)
+    for r in records:
+        s, m = r["spec"], r["metrics"]
+        if s["defense"] not in FIP_FAMILY or m["asr"] is None:
+            continue
+        for ft in fits.get(_twin(r), []):
+            fm = ft["metrics"]
+            out[(s["task"], s["dataset"], s["model"], s["attack_label"], s["defense_label"], s["defense"],
+                 ft["spec"]["defense_label"])].append(
+                Pair(s["seed"], _pts(m["clean_before"]), (_pts(m["clean"]), _pts(m["asr"])),
+                     (_pts(fm["clean"]), _pts(fm["asr"]))))
+    return {k: sorted(v, key=lambda x: x.seed) for k, v in out.items()}
+
+
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
+
+
+def paired_markdown(rows: dict[tuple, list[Pair]], t: Target) -> list[str]:
+    """The FIP-against-FT section of one task (empty when no run has an FT twin)."""
+    if not rows:
+        return []
+    lines = ["", "FIP against FT at the same budget (identical `fit` config, same backdoored model and seed; "
+             "ASR removed beyond FT / clean points lost beyond FT, per seed):", "",
+             "| dataset | model | attack | FIP run | FT run | FIP after | FT after | ASR removed beyond FT | "
+             "clean lost beyond FT |", "|---|---|---|---|---|---|---|---|---|"]
+    for (_, d, mo, a, fl, _, tl), ps in sorted(rows.items()):
+        lines.append(f"| {d} | {mo} | {a} | {fl} | {tl} | "
+                     + " | ".join(" \\| ".join(f"{x:.1f} / {y:.1f}" for x, y in col)
+                                  for col in ([p.fip for p in ps], [p.ft for p in ps]))
+                     + " | " + " | ".join(" \\| ".join(f"{v:+.1f}" for v in col)
+                                          for col in ([p.asr_gain for p in ps], [p.extra_drop for p in ps])) + " |")
+    for fam in sorted(FIP_FAMILY):
+        ps = [p for k, v in rows.items() if k[5] == fam for p in v]
+        if not ps:
+            continue
+        lower = sum(p.asr_gain > 0 for p in ps)
+        # FIP's own target with "below FT's ASR" in place of the absolute ASR bound
+        kept = sum(p.asr_gain > 0 and p.before - p.fip[0] <= t.fip_drop for p in ps)
+        lines += ["", f"{fam} against FT: lower ASR in {lower} of {len(ps)} paired runs (median "
+                  f"{_median([p.asr_gain for p in ps]):+.1f} points of ASR, {_median([p.extra_drop for p in ps]):+.1f}"
+                  f" clean points beyond FT); lower ASR within {t.fip_drop:g} points of the backdoored model "
+                  f"in {kept} of {len(ps)}."]
+    return lines
+
+
 def verdict(runs: list[Run]) -> str:
     known = [x.verdict for x in runs if x.verdict is not None]
     if not known:
@@ -135,7 +218,7 @@ def _cell(runs: list[Run]) -> str:
     return " \\| ".join("failed" if x.clean is None else f"{x.clean:.1f} / {x.asr:.1f}" for x in runs)
 
 
-def markdown(attacks: dict, defenses: dict, task: str | None = None) -> str:
+def markdown(attacks: dict, defenses: dict, task: str | None = None, paired: dict | None = None) -> str:
     lines = ["# Targets", "", "Produced by `python benchmarks/targets.py` from results/records/; clean metric / "
              "ASR in points, one entry per seed (seed order), see the script's docstring for the targets.", ""]
     for name, t in TARGETS.items():
@@ -160,6 +243,7 @@ def markdown(attacks: dict, defenses: dict, task: str | None = None) -> str:
             judged = [k for k in mine if any(x.verdict is not None for x in defenses[k])]
             lines += ["", f"{fam} (every setting run): {sum(verdict(defenses[k]) == 'met' for k in judged)} of "
                       f"{len(judged)} judged rows met on every seed."]
+        lines += paired_markdown({k: v for k, v in (paired or {}).items() if k[0] == name}, t)
         lines.append("")
     return "\n".join(lines)
 
@@ -174,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"targets: error: no records under {args.results / 'records'}; run `fipbench run` first",
               file=sys.stderr)
         return 2
-    text = markdown(*check(ResultStore(args.results).all()), task=args.task)
+    records = ResultStore(args.results).all()
+    text = markdown(*check(records), task=args.task, paired=pairs(records))
     print(text)
     atomic_write_bytes(args.out or args.results / "targets.md", text.encode())
     return 0

@@ -96,6 +96,12 @@ def test_targets_judges_attacks_against_the_clean_model_and_defenses_against_the
             ("x", "fip", 0, "2026-01-01T00:00:00", dict(clean_before=0.93, asr_before=0.9, clean=0.5, asr=0.9))]
     for attack, defense, seed, created, metrics in rows:
         store.put(_record(template, attack, defense, seed, created, **metrics))
+    # FT with another budget on the same model: not FIP's twin, so it is left out of the FIP-against-FT pairing
+    other = _record(template, "x", "finetune", 0, "2026-01-01T00:00:01", clean_before=0.93, asr_before=0.9,
+                    clean=0.93, asr=0.0)
+    other["spec"]["defense_label"], other["cell_id"] = "finetune-lr", "x-finetune-lr-s0-01"
+    other["config"]["defense"]["config"]["fit"]["lr"] = 0.123
+    store.put(other)
     attacks, defenses = mod.check(store.all())
     key = tuple(template["spec"][k] for k in ("task", "dataset", "model"))
     assert mod.verdict(attacks[(*key, "x")]) == "met"
@@ -104,10 +110,17 @@ def test_targets_judges_attacks_against_the_clean_model_and_defenses_against_the
     assert mod.verdict(defenses[(*key, "x", "fip", "fip")]) == "met"
     assert mod.verdict(defenses[(*key, "x", "finetune", "finetune")]) == "NOT met"  # 12 % > the baselines' 10 %
     assert mod.verdict(defenses[(*key, "z", "fip", "fip")]) == "under the bound before the defense"
+    pairs = mod.pairs(store.all())
+    assert list(pairs) == [(*key, "x", "fip", "fip", "finetune")]  # same model, seed and fit config only
+    (pair,) = pairs[(*key, "x", "fip", "fip", "finetune")]
+    assert (pair.before, pair.fip, pair.ft) == (93.0, (91.0, 4.0), (92.0, 12.0))
+    assert (pair.asr_gain, pair.extra_drop) == (8.0, 1.0)
     assert mod.main(["--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "1 of 4 settings met on every seed" in out and (tmp_path / "targets.md").read_text() in out
     assert "fip (every setting run): 1 of 1 judged rows met" in out
+    assert "fip against FT: lower ASR in 1 of 1 paired runs (median +8.0 points of ASR, +1.0 clean points beyond " \
+        "FT); lower ASR within 3 points of the backdoored model in 1 of 1." in out
     assert mod.main(["--results", str(tmp_path / "nowhere")]) == 2
     assert "no records under" in capsys.readouterr().err
 
