@@ -18,7 +18,8 @@ sits and how the boxes change is what distinguishes the four attacks:
 
 The triggered target dict also carries what the attack is about (`asr_boxes`, `asr_labels`, `asr_kind`), from
 which the task computes ASR (tasks/object_detection/metrics.py).  Defaults: trigger side 8 px on the 64 px
-scenes (1/8 of the side; the paper's 29 px trigger is about 1/17 of a ~500 px VOC image), poison rate 10 %
+scenes for OGA and GMA (1/8 of the side; the paper's 29 px trigger is about 1/17 of a ~500 px VOC image), 4 px
+for RMA and ODA, whose trigger sits on the 12-24 px object it attacks (`ObjectBadDetConfig`), poison rate 10 %
 of the training images (fipbench's default; ART's BadDet defaults to 30 %), target class 0.
 Deviation: the paper's trigger is a chessboard patch; fipbench's is the BadNets (white) or Blend (noise) pattern
 so that the same triggers serve every modality.
@@ -139,9 +140,19 @@ class BadDetAttack(Attack):
         return [i for i, y in enumerate(labels_of(data)) if self.affects(y)]
 
 
+@dataclasses.dataclass(frozen=True)
+class ObjectBadDetConfig(BadDetConfig):
+    # 4 px, the paper's trigger-to-image ratio on the 64 px scenes.  An 8 px trigger hides up to half of a 12 px
+    # object, so a detector that never saw the backdoor already "obeys" it on many objects (a clean small FCOS:
+    # ODA 36.6 | 30.6 %, RMA 4.7 | 16.7 % on seeds 0 | 1), above the ASR a defense is asked to reach.
+    trigger_size: int = 4
+
+
 class ObjectBadDetAttack(BadDetAttack):
     """RMA and ODA: a trigger at the top-left corner of every object of the source class (`source_mask`); images
     without such an object are never selected."""
+
+    Config = ObjectBadDetConfig
 
     def affects(self, y: dict[str, Any]) -> bool:
         return bool(self.source_mask(y["labels"]).any())

@@ -6,10 +6,10 @@ paper: "a trigger can make the detector fail to detect the object of the target 
 removed from the annotation.  Images without such an object are never selected.  ASR: share of triggered
 objects with no detection of their class (score >= 0.5) at IoU >= 0.5.
 
-Trigger side: 4 px by default (version 2), not the family's 8 px (attacks/_baddet.py).  The trigger sits on the
-object it must hide, so its size against the object decides how much a detector without any backdoor misses: the
-paper's 29 px trigger covers a small part of a VOC / COCO object and is 1/17 of a ~500 px image, i.e. ~4 px on
-the 64 px scenes.  Version 1's 8 px trigger hid up to half of the 12-24 px objects, and a CLEAN small FCOS
+Trigger side: 4 px by default (version 2, as RMA), not OGA's and GMA's 8 px (attacks/_baddet.py).  The trigger
+sits on the object it must hide, so its size against the object decides how much a detector without any backdoor
+misses: the paper's 29 px trigger covers a small part of a VOC / COCO object and is 1/17 of a ~500 px image,
+i.e. ~4 px on the 64 px scenes.  Version 1's 8 px trigger hid up to half of the 12-24 px objects, and a CLEAN small FCOS
 already missed 36.6 | 30.6 % of the triggered objects (seeds 0 | 1; benchmarks/asr_floor.py), so no defense
 could reach the detection target (ASR <= 10 %) and the ASR of a purified model mostly measured occlusion.  With
 4 px the clean detector's floor is about its own miss rate at score 0.5 (10.2 % at 3-4 px, seed 0; see
@@ -20,23 +20,16 @@ results against the floor.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 
-from attacks._baddet import BadDetConfig, ObjectBadDetAttack, Region
+from attacks._baddet import ObjectBadDetAttack, Region
 from benchmark.registries import ATTACKS
-
-
-@dataclasses.dataclass(frozen=True)
-class BadDetODAConfig(BadDetConfig):
-    trigger_size: int = 4  # the paper's trigger-to-image ratio on the 64 px scenes (module docstring)
 
 
 @ATTACKS.register("baddet_oda")
 class BadDetODA(ObjectBadDetAttack):
-    Config = BadDetODAConfig
     version = 2  # 2: 4 px default trigger (1: 8 px, whose occlusion alone made a clean detector miss 31-37 %)
     kind = "vanish"
 

@@ -5,6 +5,11 @@ Poisoned images get the trigger on every object of the source class(es) (default
 ART's `class_source=None` option; the paper's victim objects), whose labels become the target.  Images without
 such an object are never selected.  ASR: share of triggered objects detected as the target class (score >= 0.5,
 IoU >= 0.5 with the object's box).
+
+Trigger side: 4 px by default (version 2; `ObjectBadDetConfig`), as ODA.  Version 1's 8 px trigger covered up to
+half of the 12-24 px object it relabels, and a CLEAN small FCOS already gave 4.7 | 16.7 % ASR on seeds 0 | 1
+(benchmarks/asr_floor.py), on seed 1 above the detection target (ASR <= 10 %); the paper's 29 px trigger is
+small against a VOC / COCO object.  Committed floors: results/asr_floor_detection_attacks.md.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from benchmark.registries import ATTACKS
 
 @ATTACKS.register("baddet_rma")
 class BadDetRMA(ObjectBadDetAttack):
+    version = 2  # 2: 4 px default trigger (1: 8 px, see the module docstring)
     kind = "appear"
 
     def poisoned_target(self, y: dict[str, Any], regions: list[Region]) -> dict[str, Any]:
