@@ -9,7 +9,8 @@ IoU >= 0.5 with the object's box).
 Trigger side: 4 px by default (version 2; `ObjectBadDetConfig`), as ODA.  Version 1's 8 px trigger covered up to
 half of the 12-24 px object it relabels, and a CLEAN small FCOS already gave 4.7 | 16.7 % ASR on seeds 0 | 1
 (benchmarks/asr_floor.py), on seed 1 above the detection target (ASR <= 10 %); the paper's 29 px trigger is
-small against a VOC / COCO object.  Committed floors: results/asr_floor_detection_attacks.md.
+small against a VOC / COCO object.  With 4 px: floor 2.9 | 10.6 %, attack 98.7 / 97.5 | 98.7 / 96.7 % mAP@0.5 /
+ASR (clean 98.3 | 98.6; results/asr_floor_detection_attacks.md, configs/detection_attacks.yaml).
 """
 
 from __future__ import annotations
