@@ -28,6 +28,26 @@ VALUES = {
 }
 
 
+NUMERIC = [*VALUES, "asr_floor"]  # asr_floor: a clean model's ASR on the attack's triggered test (`floors`)
+
+
+def floors(results: Path) -> dict[str, float]:
+    """{backdoored model's artifact key: ASR floor in %} from the results/asr_floor_*.json files that
+    benchmarks/asr_floor.py writes (rows without an `artifact` key, from older runs, are skipped)."""
+    import json
+
+    out: dict[str, float] = {}
+    for path in sorted(Path(results).glob("asr_floor_*.json")):
+        try:
+            rows = json.loads(path.read_text())["rows"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a floor table: no floors from it
+        for row in rows:
+            if isinstance(row, dict) and row.get("artifact") and row.get("floor_asr") is not None:
+                out[row["artifact"]] = 100.0 * row["floor_asr"]
+    return out
+
+
 def _sharp(r: Record, when: str, key: str) -> float | None:
     s = r["metrics"].get(f"sharpness_{when}")  # type: ignore[misc]
     return None if not s else s.get(key)
@@ -73,9 +93,9 @@ def mixed_artifacts(records: list[Record]) -> list[str]:
     return lines
 
 
-def frame(records: list[Record]):
-    """One row per ok or failed record (the newest of each cell, see `latest`): keys, metric name, `failed`, and
-    the VALUES columns (scaled; empty for a failed cell)."""
+def frame(records: list[Record], floor: dict[str, float] | None = None):
+    """One row per ok or failed record (the newest of each cell, see `latest`): keys, metric name, `failed`, the
+    VALUES columns (scaled; empty for a failed cell) and `asr_floor` (from `floor`, by artifact key)."""
     import pandas as pd
 
     # A task's metric name is the same in all its records: any ok one of the (task, dataset) names it.
@@ -93,23 +113,24 @@ def frame(records: list[Record]):
         for col, (get, scale) in VALUES.items():
             v = get(r) if ok else None
             row[col] = None if v is None else v * scale
+        row["asr_floor"] = (floor or {}).get(r["artifact_key"]) if s["attack"] != "none" else None
         rows.append(row)
-    return pd.DataFrame(rows, columns=KEYS + ["seed", "metric", "failed", *VALUES])
+    return pd.DataFrame(rows, columns=KEYS + ["seed", "metric", "failed", *NUMERIC])
 
 
-def aggregate(records: list[Record]):
+def aggregate(records: list[Record], floor: dict[str, float] | None = None):
     """Mean and std over seeds per (task, dataset, model, attack, defense), of the seeds that finished: `n`
     counts them, `failed` the seeds whose cell failed (their row has no values when no seed finished)."""
-    return _aggregate(frame(records))
+    return _aggregate(frame(records, floor))
 
 
 def _aggregate(df):
     if df.empty:
         return df
-    num = df[list(VALUES)].apply(lambda c: c.astype(float))
+    num = df[NUMERIC].apply(lambda c: c.astype(float))
     df = df[KEYS + ["metric", "failed"]].join(num)
     g = df.groupby(KEYS + ["metric"], sort=False, dropna=False)
-    out = g[list(VALUES)].mean().add_suffix("_mean").join(g[list(VALUES)].std(ddof=0).add_suffix("_std"))
+    out = g[NUMERIC].mean().add_suffix("_mean").join(g[NUMERIC].std(ddof=0).add_suffix("_std"))
     out["failed"] = g["failed"].sum().astype(int)
     out["n"] = g.size() - out["failed"]
     return out.reset_index().sort_values(KEYS, kind="stable", ignore_index=True)
@@ -162,13 +183,15 @@ def markdown(agg) -> str:
     for (task, dataset, model), part in agg.groupby(["task", "dataset", "model"], sort=False):
         metric = part["metric"].iloc[0]
         table = part.assign(**_rate_columns(part, "%"), **{
+            # the mean over the seeds that have one (a floor is measured per backdoored model)
+            "ASR floor %": [_pm(m, s, 2) for m, s in zip(part.asr_floor_mean, part.asr_floor_std)],
             "defense s": [_pm(m, s, 1) for m, s in zip(part.defense_s_mean, part.defense_s_std)],
             "tuned params": [("–" if p != p else f"{int(p):,}") for p in part.tuned_params_mean],
             "λmax": [_arrow(b, a) for b, a in zip(part.eig_before_mean, part.eig_mean)],
             "Tr H": [_arrow(b, a) for b, a in zip(part.trace_h_before_mean, part.trace_h_mean)],
             "seeds": [_seeds(n, f) for n, f in zip(part.n, part.failed)],
-        })[["attack", "defense", f"clean {metric} %", "ASR %", "RA %", "DER %", "defense s", "tuned params",
-            "λmax", "Tr H", "seeds"]]
+        })[["attack", "defense", f"clean {metric} %", "ASR %", "ASR floor %", "RA %", "DER %", "defense s",
+            "tuned params", "λmax", "Tr H", "seeds"]]
         lines += [f"## {task} — {dataset} — {model}", "", table.to_markdown(index=False), ""]
     return "\n".join(lines)
 
@@ -279,21 +302,23 @@ def latex(agg) -> str:
     return "\n".join(out)
 
 
-def write(records: list[Record], results: Path) -> dict[str, Path]:
+def write(records: list[Record], results: Path, floor: dict[str, float] | None = None) -> dict[str, Path]:
     """Write results/leaderboard.{md,csv,tex,html}, results/ranking.md and results/sharpness.png; returns
-    their paths."""
+    their paths.  ASR floors: `floor`, else the asr_floor_*.json files in `results` (see `floors`)."""
     from benchmark import site
 
-    cells = frame(records)
+    results = Path(results)
+    cells = frame(records, floors(results) if floor is None else floor)
     agg = _aggregate(cells)
     rank, missing = ranking(cells), unranked(cells)
     header = ("# fipbench leaderboard\n\nMean ± std over seeds. ASR: triggered non-target test inputs that hit "
               "the target; RA: triggered inputs still given their true label; DER: BackdoorBench's defense "
               "effectiveness rating. λmax / Tr H: the task loss's largest Hessian eigenvalue and Hessian trace on a "
-              "fixed clean batch, backdoored → purified (`sharpness.png` plots λmax). `ranking.md` ranks the "
+              "fixed clean batch, backdoored → purified (`sharpness.png` plots λmax). ASR floor: a clean "
+              "model's ASR on the same triggered test set (benchmarks/asr_floor.py), where measured; a defense "
+              "is not expected below it. `ranking.md` ranks the "
               "defenses; `leaderboard.html` is the same with sortable tables and plots. Generated by "
               "`fipbench leaderboard`; do not edit.\n\n")
-    results = Path(results)
     paths = {"md": results / "leaderboard.md", "csv": results / "leaderboard.csv",
              "tex": results / "leaderboard.tex", "ranking": results / "ranking.md",
              "html": results / "leaderboard.html", "sharpness": results / "sharpness.png"}

@@ -16,7 +16,8 @@ from typing import Any
 # (key, header, column of the aggregate, digits): the full per-cell table
 CELL_COLUMNS = [
     ("attack", "attack", "attack", None), ("defense", "defense", "defense", None),
-    ("clean", "clean %", "clean_mean", 2), ("asr", "ASR %", "asr_mean", 2), ("ra", "RA %", "ra_mean", 2),
+    ("clean", "clean %", "clean_mean", 2), ("asr", "ASR %", "asr_mean", 2),
+    ("asr_floor", "ASR floor %", "asr_floor_mean", 2), ("ra", "RA %", "ra_mean", 2),
     ("der", "DER %", "der_mean", 2), ("defense_s", "defense s", "defense_s_mean", 1),
     ("tuned_params", "tuned params", "tuned_params_mean", 0), ("eig_before", "λmax before", "eig_before_mean", 0),
     ("eig", "λmax after", "eig_mean", 0), ("seeds", "seeds", "n", 0), ("failed", "failed seeds", "failed", 0),

@@ -14,7 +14,9 @@ triggered test set with the task's own backdoor metrics.  Nothing is selected or
     .venv/bin/python benchmarks/asr_floor.py configs/detection_attacks.yaml [--seeds 0 1] [--cache DIR]
 
 Writes results/asr_floor_<config name>.md and .json and prints the table: per attack and seed, the clean
-model's ASR and RA (the floor) next to the backdoored model's ASR.
+model's ASR and RA (the floor) next to the backdoored model's ASR.  `fipbench leaderboard` reads the .json files
+of its results folder and shows each row's floor beside its ASR (matched by the backdoored model's artifact key,
+so a floor measured for another training or task config is never shown).
 """
 
 from __future__ import annotations
@@ -70,8 +72,10 @@ def floors(args: argparse.Namespace) -> list[dict]:
         clean_model, clean_manifest = runner.artifact(clean_spec, task, runner.attack(clean_spec))
         metric = task.metric_name
         for spec in attack_specs:
+            # `artifact` (the backdoored model's address, as in its records) is how the leaderboard finds the floor
             row = {"task": spec.task, "dataset": spec.dataset, "model": spec.model, "attack": spec.attack.label,
-                   "seed": spec.seed, "metric": metric, "clean_model": clean_manifest["metrics_before"][metric]}
+                   "seed": spec.seed, "artifact": spec.artifact_key(), "metric": metric,
+                   "clean_model": clean_manifest["metrics_before"][metric]}
             attack = runner.attack(spec)
             attack.check_task(task)
             try:

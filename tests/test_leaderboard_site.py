@@ -88,7 +88,7 @@ def test_a_defense_failing_on_one_seed_is_ranked_on_the_others_common_cells():
         v = None if failed else der
         return {"task": "t", "dataset": "d", "model": "m", "attack": attack, "defense": defense, "seed": seed,
                 "metric": "acc", "failed": failed, "clean": v, "asr": None if failed else 100.0 - (der or 0),
-                "ra": v, "der": v, "defense_s": v, **{k: None for k in leaderboard.VALUES
+                "ra": v, "der": v, "defense_s": v, **{k: None for k in leaderboard.NUMERIC
                                                       if k not in {"clean", "asr", "ra", "der", "defense_s"}}}
 
     cells = pd.DataFrame([
@@ -155,3 +155,35 @@ def test_screenshot_shows_tables_and_plots(site, tmp_path):
     assert 0.002 < dark < 0.5, f"page looks blank or broken ({dark:.4f} dark pixels)"
     # The header row's grey background (#f4f4f4) is drawn: the tables are styled, not raw text.
     assert hist[0xF4] > 1000
+
+
+def test_asr_floor_column_comes_from_the_floor_tables_by_artifact_key(tmp_path):
+    """benchmarks/asr_floor.py's JSON rows carry the backdoored model's artifact key; the leaderboard shows that
+    floor beside the ASR of every cell of that model and nowhere else (old rows without a key, other files and
+    unreadable ones give no floor)."""
+    import json
+
+    rec = json.loads(sorted((REPO_ROOT / "results" / "records").glob("object_detection-baddet_oda-none-*.json"))[0]
+                     .read_text())
+    rec.pop("digest")
+    store = ResultStore(tmp_path)
+    store.put(rec)
+    other = json.loads(json.dumps(rec))
+    other["spec"].update(attack="baddet_rma", attack_label="baddet_rma")
+    other.update(artifact_key="another-model", cell_id="rma-none")
+    store.put(other)
+    rows = [{"artifact": rec["artifact_key"], "floor_asr": 0.102}, {"attack": "baddet_rma", "floor_asr": 0.5},
+            {"artifact": "unknown-model", "floor_asr": 0.9}]
+    (tmp_path / "asr_floor_det.json").write_text(json.dumps({"args": {}, "rows": rows}))
+    (tmp_path / "asr_floor_broken.json").write_text("{not json")
+    assert leaderboard.floors(tmp_path) == {rec["artifact_key"]: pytest.approx(10.2), "unknown-model": 90.0}
+    paths = leaderboard.write(store.all(), tmp_path)
+    agg = leaderboard.aggregate(store.all(), leaderboard.floors(tmp_path)).set_index("attack")
+    assert agg.loc["baddet_oda", "asr_floor_mean"] == pytest.approx(10.2)
+    assert agg.loc["baddet_rma", "asr_floor_mean"] != agg.loc["baddet_rma", "asr_floor_mean"]  # NaN: no floor
+    lines = paths["md"].read_text().splitlines()
+    cells = [[c.strip() for c in line.split("|")] for line in lines if line.startswith("| attack") or
+             line.startswith("| baddet_")]
+    col = cells[0].index("ASR floor %")
+    assert [(row[1], row[col]) for row in cells[1:]] == [("baddet_oda", "10.20"), ("baddet_rma", "–")]
+    assert "ASR floor %" in paths["html"].read_text()
