@@ -101,6 +101,7 @@ def frame(records: list[Record], floor: dict[str, float] | None = None):
     # A task's metric name is the same in all its records: any ok one of the (task, dataset) names it.
     metric_of = {(r["spec"]["task"], r["spec"]["dataset"]): r["metrics"]["metric_name"] for r in records
                  if r["status"] == "ok"}
+    floor = floor or {}
     rows = []
     for r in latest(records, ("ok", "failed")):
         s = r["spec"]
@@ -113,7 +114,7 @@ def frame(records: list[Record], floor: dict[str, float] | None = None):
         for col, (get, scale) in VALUES.items():
             v = get(r) if ok else None
             row[col] = None if v is None else v * scale
-        row["asr_floor"] = (floor or {}).get(r["artifact_key"]) if s["attack"] != "none" else None
+        row["asr_floor"] = floor.get(r["artifact_key"]) if s["attack"] != "none" else None
         rows.append(row)
     return pd.DataFrame(rows, columns=KEYS + ["seed", "metric", "failed", *NUMERIC])
 

@@ -31,6 +31,7 @@ import dataclasses
 import json
 import sys
 from collections import defaultdict
+from statistics import median
 from pathlib import Path
 
 from _common import REPO
@@ -168,11 +169,6 @@ def pairs(records: list[dict]) -> dict[tuple, list[Pair]]:
     return {k: sorted(v, key=lambda x: x.seed) for k, v in out.items()}
 
 
-def _median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return (xs[(len(xs) - 1) // 2] + xs[len(xs) // 2]) / 2
-
-
 def paired_markdown(rows: dict[tuple, list[Pair]], t: Target) -> list[str]:
     """The FIP-against-FT section of one task (empty when no run has an FT twin)."""
     if not rows:
@@ -182,11 +178,11 @@ def paired_markdown(rows: dict[tuple, list[Pair]], t: Target) -> list[str]:
              "| dataset | model | attack | FIP run | FT run | FIP after | FT after | ASR removed beyond FT | "
              "clean lost beyond FT |", "|---|---|---|---|---|---|---|---|---|"]
     for (_, d, mo, a, fl, _, tl), ps in sorted(rows.items()):
-        lines.append(f"| {d} | {mo} | {a} | {fl} | {tl} | "
-                     + " | ".join(" \\| ".join(f"{x:.1f} / {y:.1f}" for x, y in col)
-                                  for col in ([p.fip for p in ps], [p.ft for p in ps]))
-                     + " | " + " | ".join(" \\| ".join(f"{v:+.1f}" for v in col)
-                                          for col in ([p.asr_gain for p in ps], [p.extra_drop for p in ps])) + " |")
+        fip, ft = (" \\| ".join(f"{clean:.1f} / {asr:.1f}" for clean, asr in col)
+                   for col in ([p.fip for p in ps], [p.ft for p in ps]))
+        gain, extra = (" \\| ".join(f"{v:+.1f}" for v in col)
+                       for col in ([p.asr_gain for p in ps], [p.extra_drop for p in ps]))
+        lines.append(f"| {d} | {mo} | {a} | {fl} | {tl} | {fip} | {ft} | {gain} | {extra} |")
     for fam in sorted(FIP_FAMILY):
         ps = [p for k, v in rows.items() if k[5] == fam for p in v]
         if not ps:
@@ -195,7 +191,7 @@ def paired_markdown(rows: dict[tuple, list[Pair]], t: Target) -> list[str]:
         # FIP's own target with "below FT's ASR" in place of the absolute ASR bound
         kept = sum(p.asr_gain > 0 and p.before - p.fip[0] <= t.fip_drop for p in ps)
         lines += ["", f"{fam} against FT: lower ASR in {lower} of {len(ps)} paired runs (median "
-                  f"{_median([p.asr_gain for p in ps]):+.1f} points of ASR, {_median([p.extra_drop for p in ps]):+.1f}"
+                  f"{median(p.asr_gain for p in ps):+.1f} points of ASR, {median(p.extra_drop for p in ps):+.1f}"
                   f" clean points beyond FT); lower ASR within {t.fip_drop:g} points of the backdoored model "
                   f"in {kept} of {len(ps)}."]
     return lines
